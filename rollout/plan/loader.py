@@ -1,0 +1,376 @@
+"""Loading a plan file: YAML with line numbers, every problem reported at once.
+
+PyYAML's composed node tree knows where each key and item starts; we build
+the plain data and a map from field path to line side by side, validate the
+data with the models, then check what the models cannot see (cross
+references, files that must exist). Every problem becomes a PlanIssue with
+file, line, path, what was found and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from rollout.errors import PlanInvalid, PlanIssue
+from rollout.plan.model import Plan
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LoadedPlan:
+    """A valid plan and where it came from (relative paths in it are relative to its file)."""
+
+    plan: Plan
+    path: Path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+# -- YAML with lines ----------------------------------------------------------
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int, first_line: int) -> None:
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+def _build(node: yaml.Node, loader: yaml.SafeLoader, loc: Loc, lines: dict[Loc, int]) -> Any:
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        out: dict[Any, Any] = {}
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                key = str(key)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+            child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
+            lines[child] = line
+            out[key] = _build(value_node, loader, child, lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, loader, (*loc, i), lines) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
+    """YAML text → (data, {path: line}); a syntax error becomes a PlanInvalid with its line."""
+    loader = yaml.SafeLoader(text)
+    lines: dict[Loc, int] = {}
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+        return _build(node, loader, (), lines), lines
+    except _DuplicateKey as dup:
+        raise PlanInvalid(
+            file,
+            [
+                PlanIssue(
+                    file,
+                    dup.line,
+                    str(dup.key),
+                    f"a second `{dup.key}` (first on line {dup.first_line})",
+                    "each key once",
+                )
+            ],
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or "unreadable YAML"
+        ctx = f" {exc.context}" if exc.context else ""
+        raise PlanInvalid(
+            file, [PlanIssue(file, line, "", f"invalid YAML: {problem}{ctx}", "well-formed YAML")]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise PlanInvalid(file, [PlanIssue(file, None, "", f"invalid YAML: {exc}", "well-formed YAML")]) from None
+    finally:
+        loader.dispose()
+
+
+# -- pydantic errors → located issues ------------------------------------------
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types an annotation may hold (Optional/Union/Annotated peeled)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                out.extend(_unwrap(arg))
+        return out
+    return [annotation]
+
+
+def _is_discriminated(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is typing.Annotated:
+        for meta in typing.get_args(annotation)[1:]:
+            if getattr(meta, "discriminator", None):
+                return True
+    return False
+
+
+def _walk(loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
+    """Strip pydantic's union tags from loc and find the model that holds its last key.
+
+    Pydantic puts the tag of a discriminated union into the error location
+    (`target.local.port`); users wrote `target.port`. Walking the model types
+    along the location tells which elements are tags, and which model an
+    unknown key was found in (for "did you mean").
+    """
+    clean: list[str | int] = []
+    current: list[Any] = [Plan]
+    holder: type[BaseModel] | None = Plan
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        models = [t for t in current if isinstance(t, type) and issubclass(t, BaseModel)]
+        holder = models[0] if models else None
+        nxt: list[Any] = []
+        clean.append(part)
+        field = next((m.model_fields[part] for m in models if isinstance(part, str) and part in m.model_fields), None)
+        if field is not None:
+            nxt = _unwrap(field.annotation)
+            if (field.discriminator is not None or _is_discriminated(field.annotation)) and i + 1 < len(loc):
+                i += 1  # skip pydantic's union tag
+                nxt = [t for t in nxt if _tag_of(t) == loc[i]] or nxt
+        else:
+            containers = [t for t in current if typing.get_origin(t) in (list, dict)]
+            if containers:
+                args = typing.get_args(containers[0])
+                nxt = _unwrap(args[-1]) if args else []
+        current = nxt
+        i += 1
+    return tuple(clean), holder
+
+
+def _tag_of(model: Any) -> Any:
+    if isinstance(model, type) and issubclass(model, BaseModel) and "backend" in model.model_fields:
+        ann = model.model_fields["backend"].annotation
+        args = typing.get_args(ann)
+        return args[0] if args else None
+    return None
+
+
+def path_str(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _found(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _line_for(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+_MESSAGES = {
+    "missing": "this field (it is required)",
+    "string_type": "text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "dict_type": "a mapping of keys to values",
+    "list_type": "a list",
+    "model_type": "a mapping of fields",
+    "model_attributes_type": "a mapping of fields",
+    "bool_type": "true or false",
+}
+
+
+def issues_from_validation(err: ValidationError, file: str, lines: dict[Loc, int]) -> list[PlanIssue]:
+    issues: list[PlanIssue] = []
+    for e in err.errors(include_url=False):
+        loc, model = _walk(tuple(e["loc"]))
+        kind = e["type"]
+        inp = e.get("input")
+        if kind == "extra_forbidden":
+            key = str(loc[-1]) if loc else ""
+            known = list(model.model_fields) if model is not None else []
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"a known field (did you mean `{close[0]}`?)" if close else f"one of: {', '.join(known)}"
+            issues.append(
+                PlanIssue(file, _line_for(loc, lines), path_str(loc), f"unknown field `{key}`", hint)
+            )
+            continue
+        if kind == "missing":
+            found = "nothing"
+        elif kind in ("value_error", "assertion_error") and isinstance(inp, dict):
+            found = ""  # a rule across fields: the message says it all
+        else:
+            found = _found(inp)
+        msg = e["msg"]
+        if kind in _MESSAGES:
+            expected = _MESSAGES[kind]
+        elif kind in ("value_error", "assertion_error"):
+            expected = msg.removeprefix("Value error, ")
+        elif kind == "union_tag_invalid" or kind == "literal_error":
+            expected = msg.replace("Input should be", "one of").replace("Input tag", "backend")
+        elif kind == "union_tag_not_found":
+            expected = "a `backend` field (local)"
+        elif kind == "string_pattern_mismatch":
+            last = loc[-1] if loc else ""
+            desc = model.model_fields[last].description if model is not None and isinstance(last, str) and last in model.model_fields else None
+            expected = desc or msg
+        elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            ctx = e.get("ctx", {})
+            sym = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+            expected = " and ".join(f"a number {sym[k]} {v}" for k, v in ctx.items() if k in sym)
+        elif kind in ("too_short", "too_long"):
+            expected = msg.replace("List should have", "a list with").replace("Dictionary should have", "a mapping with").replace("Value should have", "at least")
+        else:
+            expected = msg.replace("Input should be", "").replace("String should", "text that should").strip()
+        issues.append(PlanIssue(file, _line_for(loc, lines), path_str(loc), found, expected))
+    return issues
+
+
+# -- checks the models cannot make ---------------------------------------------
+
+
+def _get(data: Any, *keys: str | int) -> Any:
+    for k in keys:
+        if isinstance(k, int):
+            if not isinstance(data, list) or k >= len(data):
+                return None
+        elif not isinstance(data, dict):
+            return None
+        data = data[k] if isinstance(k, int) else data.get(k)
+    return data
+
+
+def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, int]) -> list[PlanIssue]:
+    """Rules across fields, on the raw data, so they are reported with the schema errors.
+
+    Works defensively on whatever the file holds: a field of the wrong type
+    was already reported by the schema, so here it is simply skipped.
+    """
+    issues: list[PlanIssue] = []
+
+    def add(loc: Loc, found: str, expected: str) -> None:
+        issues.append(PlanIssue(file, _line_for(loc, lines), path_str(loc), found, expected))
+
+    target = _get(data, "target")
+    if _get(target, "backend") == "local":
+        versions = _get(target, "versions")
+        vnames = sorted(str(v) for v in versions) if isinstance(versions, dict) else []
+        names = ", ".join(vnames)
+        stable, canary = _get(target, "stable"), _get(target, "canary")
+        if vnames and isinstance(stable, str) and stable not in vnames:
+            add(("target", "stable"), repr(stable), f"one of the versions: {names}")
+        if vnames and isinstance(canary, str) and canary not in vnames:
+            add(("target", "canary"), repr(canary), f"one of the versions: {names}")
+        if isinstance(canary, str) and canary == stable:
+            add(("target", "canary"), repr(canary), "a version other than the stable one")
+        for vname in vnames:
+            health = _get(versions, vname, "health")
+            if isinstance(health, str) and not health.startswith("/"):
+                add(("target", "versions", vname, "health"), repr(health), "a path starting with /")
+        if _get(data, "load", "host") is not None:
+            add(("load", "host"), repr(_get(data, "load", "host")), "no host with the local backend (its router is the entry point)")
+
+    locustfile = _get(data, "load", "locustfile")
+    if isinstance(locustfile, str) and locustfile:
+        lf = Path(locustfile)
+        lf_path = lf if lf.is_absolute() else base / lf
+        if not lf_path.is_file():
+            add(("load", "locustfile"), repr(locustfile), f"an existing locustfile (looked at {lf_path})")
+
+    plan_gates = _get(data, "gates")
+    plan_gates = plan_gates if isinstance(plan_gates, dict) else {}
+    stages = _get(data, "stages")
+    seen: dict[str, int] = {}
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        if not isinstance(stage, dict):
+            continue
+        name = stage.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                add(("stages", i, "name"), repr(name), f"a name not used by stage {seen[name] + 1}")
+            seen.setdefault(name, i)
+        to_canary = stage.get("load_to") == "canary"
+        if to_canary and stage.get("cohort") is not None:
+            add(("stages", i, "cohort"), "a cohort", "no cohort when load_to is canary (all load goes to the canary)")
+        stage_gates = stage.get("gates") if isinstance(stage.get("gates"), dict) else {}
+        for gname, gate in stage_gates.items():
+            if gate is None and gname not in plan_gates:
+                add(("stages", i, "gates", gname), "null",
+                    f"the name of a plan-wide gate to remove ({', '.join(map(str, plan_gates)) or 'none defined'})")
+        if to_canary:
+            merged = {**plan_gates, **stage_gates}
+            for gname, gate in merged.items():
+                if isinstance(gate, dict) and (gate.get("compare") is not None or gate.get("version") == "stable"):
+                    where: Loc = ("stages", i, "gates", gname) if gname in stage_gates else ("gates", gname)
+                    add(where, f"gate `{gname}` needs stable traffic",
+                        f"no stable comparison in stage `{name}`: load_to: canary sends nothing to stable "
+                        f"(remove it there with `gates: {{{gname}: null}}`)")
+    return issues
+
+
+def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
+    """Read, parse and validate a plan file; raise PlanInvalid listing every problem."""
+    p = Path(path)
+    file = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanInvalid(file, [PlanIssue(file, None, "", "no such file", "a rollout plan (YAML) at this path")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanInvalid(file, [PlanIssue(file, None, "", f"unreadable file ({exc})", "a readable UTF-8 YAML file")]) from None
+    data, lines = parse_yaml(text, file)
+    if not isinstance(data, dict):
+        raise PlanInvalid(file, [PlanIssue(file, 1 if data is not None else None, "", _found(data) if data is not None else "an empty file", "a mapping with name, owner, target, load, stages")])
+    issues = cross_checks(data, file, p.resolve().parent, lines)
+    plan: Plan | None = None
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as err:
+        issues += issues_from_validation(err, file, lines)
+    if issues or plan is None:
+        raise PlanInvalid(file, sorted(issues, key=lambda i: (i.line or 0, i.path)))
+    return LoadedPlan(plan=plan, path=p.resolve())
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Plan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "rollout plan"
+    return schema

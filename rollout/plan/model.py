@@ -1,0 +1,242 @@
+"""The rollout plan as typed models.
+
+One declaration serves three purposes: parsing (units become floats in one
+canonical unit), validation (pydantic collects every error with its path; the
+loader adds file and line), and the JSON Schema that `rollout schema` prints
+for editors. Models are frozen: the engine treats the plan as data it reads,
+never writes.
+
+Canonical units after parsing: durations in seconds, latencies in
+milliseconds, rates and weights as fractions 0..1.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from rollout.plan.units import parse_duration, parse_latency, parse_percent, parse_weight
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*(ms|s|m|h)$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "a duration: 90s, 5m, 1h, 500ms (a bare number is seconds)",
+        }
+    ),
+]
+Weight = Annotated[
+    float,
+    BeforeValidator(parse_weight),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\d+(\.\d+)?\s*%$"},
+                {"type": "number", "minimum": 0, "maximum": 100},
+            ],
+            "description": "share of traffic to the canary: 10% or 10 (percent)",
+        }
+    ),
+]
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^\d+(\.\d+)?\s*%$", "description": "a percentage: 1%, 0.5%"}
+    ),
+]
+Threshold = Annotated[
+    Union[str, int, float],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "number"}],
+            "description": "a latency (300ms, 1.5s) for latency metrics, a percentage (1%) for error_rate",
+        }
+    ),
+]
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+LATENCY_METRICS = ("p50", "p90", "p95", "p99")
+METRICS = ("error_rate", *LATENCY_METRICS)
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors (with a did-you-mean, added by the validator)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Owner(Strict):
+    """Every rollout has a named owner: who answers for it, and how to reach them."""
+
+    name: str = Field(min_length=1, description="a person or team")
+    contact: str = Field(min_length=1, description="e-mail, chat channel or pager handle")
+
+
+class LocalVersion(Strict):
+    """How to start one version of the service as a local process."""
+
+    command: str = Field(
+        min_length=1,
+        description="shell-free command line; {port} is replaced by the port to listen on "
+        "(also given as $PORT), {version} by the version's name",
+    )
+    health: str = Field("/healthz", description="path answered with 2xx once the version is up")
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout: Duration = Field(30.0, description="how long to wait for the health check")
+
+
+class LocalTarget(Strict):
+    """The embedded local backend: versions as processes behind a weighted router on 127.0.0.1."""
+
+    backend: Literal["local"]
+    versions: dict[str, LocalVersion] = Field(min_length=1)
+    stable: str = Field(description="the version serving users before the first rollout (known good)")
+    canary: str | None = Field(None, description="the version to roll out (or `--version` on the command line)")
+    port: int = Field(0, ge=0, le=65535, description="router port on 127.0.0.1 (0: a free port, kept across commands)")
+
+
+Target = Annotated[Union[LocalTarget], Field(discriminator="backend")]
+
+
+class Load(Strict):
+    """The Locust load profile; think time lives in the locustfile."""
+
+    locustfile: str = Field(description="path, relative to the plan file")
+    host: str | None = Field(None, description="entry point URL; the local backend supplies its router's")
+    users: int = Field(ge=1, le=100000, description="concurrent Locust users")
+    spawn_rate: float | None = Field(None, gt=0, description="users started per second (default: all at once)")
+    version_header: str = Field("X-Version", description="response header naming the version that served it")
+    cohort_share: Percent = Field(0.2, description="share of users sending the cohort header in cohort stages")
+    max_requests: int | None = Field(
+        None, ge=1, description="hard bound on requests per stage; the stage's load stops there"
+    )
+
+
+class Gate(Strict):
+    """One check on the live statistics of a stage.
+
+    Either an absolute guard (`max`) on one version's (or all) traffic, or a
+    comparison of the canary against stable in the same stage
+    (`compare: stable` with `max_increase`).
+    """
+
+    metric: Literal["error_rate", "p50", "p90", "p95", "p99"]
+    version: Literal["canary", "stable", "all"] = "canary"
+    max: Threshold | None = None
+    compare: Literal["stable"] | None = None
+    max_increase: Percent | None = Field(
+        None,
+        description="with compare: latency at most this much above stable's (20% = ×1.2); "
+        "error_rate at most this many points above stable's",
+    )
+    min_requests: int = Field(100, ge=1, description="requests per version before the gate may judge")
+
+    @field_validator("max", mode="before")
+    @classmethod
+    def _threshold(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        metric = info.data.get("metric")
+        if metric == "error_rate":
+            return parse_percent(v)
+        if metric in LATENCY_METRICS:
+            return parse_latency(v)
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> Gate:
+        if self.compare is None and self.max is None:
+            raise ValueError("either `max` (an absolute limit) or `compare: stable` with `max_increase`")
+        if self.compare is not None and self.max is not None:
+            raise ValueError("`max` and `compare` together; use two gates")
+        if self.compare is not None and self.max_increase is None:
+            raise ValueError("`max_increase` with `compare: stable` (e.g. max_increase: 20%)")
+        if self.compare is None and self.max_increase is not None:
+            raise ValueError("`compare: stable` to go with `max_increase`")
+        if self.compare is not None and self.version != "canary":
+            raise ValueError("`version: canary` (or no version) with `compare: stable`")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        return float(self.max) if self.max is not None else float(self.max_increase or 0.0)
+
+
+class Stage(Strict):
+    name: str = Field(min_length=1)
+    weight: Weight | None = Field(None, description="share of traffic to the canary")
+    cohort: dict[str, str] | None = Field(
+        None, description="one header match sent entirely to the canary, e.g. {x-team: payments}"
+    )
+    duration: Duration
+    users: int | None = Field(None, ge=1, le=100000, description="overrides load.users")
+    spawn_rate: float | None = Field(None, gt=0)
+    approval: Literal["auto", "manual"] = "auto"
+    load_to: Literal["entry", "canary"] = Field(
+        "entry",
+        description="entry: through the shared entry point (the split users see); "
+        "canary: to the canary alone (pre-flight at production concurrency)",
+    )
+    gates: dict[str, Union[Gate, None]] | None = Field(
+        None, description="per-stage gates merged over the plan's by name; null removes one"
+    )
+
+    @field_validator("cohort")
+    @classmethod
+    def _one_header(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and len(v) != 1:
+            raise ValueError("exactly one header match, such as {x-team: payments}")
+        return v
+
+    @model_validator(mode="after")
+    def _routing(self) -> Stage:
+        if self.weight is None and self.cohort is None and self.load_to == "entry":
+            raise ValueError("a `weight` (share of traffic to the canary) and/or a `cohort` (header match)")
+        return self
+
+
+class Plan(Strict):
+    """A staged rollout of one service."""
+
+    name: str = Field(pattern=NAME_RE, description="lowercase letters, digits and dashes")
+    owner: Owner
+    description: str | None = None
+    target: Target
+    load: Load
+    gates: dict[str, Gate] = Field(default_factory=dict, description="gates for every stage")
+    stages: list[Stage] = Field(min_length=1)
+
+    def stage_gates(self, index: int) -> dict[str, Gate]:
+        """The plan's gates with the stage's merged over them by name (null removes one)."""
+        merged: dict[str, Gate] = dict(self.gates)
+        overrides = self.stages[index].gates or {}
+        for name, gate in overrides.items():
+            if gate is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = gate
+        return merged
+
+    def stage_users(self, index: int) -> int:
+        return self.stages[index].users or self.load.users
+
+    def stage_spawn_rate(self, index: int) -> float:
+        stage = self.stages[index]
+        return stage.spawn_rate or self.load.spawn_rate or float(self.stage_users(index))
+

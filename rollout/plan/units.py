@@ -1,0 +1,106 @@
+"""Parsing the human units a plan is written in: `90s`, `5m`, `300ms`, `1%`.
+
+Each parser returns a plain float in one canonical unit (seconds, milliseconds,
+fraction 0..1) and raises ValueError with the exact form expected, which the
+plan validator turns into a located error message.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUM = r"(\d+(?:\.\d+)?|\.\d+)"
+_DURATION = re.compile(rf"^{_NUM}\s*(ms|s|m|h)$")
+_LATENCY = re.compile(rf"^{_NUM}\s*(us|µs|ms|s)$")
+_PERCENT = re.compile(rf"^{_NUM}\s*%$")
+
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MILLIS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_duration(value: object) -> float:
+    """`90s`, `5m`, `1h`, `500ms`, or a bare number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 90s, 5m or 1h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration ≥ 0 such as 90s, 5m or 1h")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if m:
+            return float(m.group(1)) * _SECONDS[m.group(2)]
+    raise ValueError("a duration such as 90s, 5m or 1h")
+
+
+def parse_latency(value: object) -> float:
+    """`300ms`, `1.5s`, `800us`, or a bare number of milliseconds → milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("a latency such as 300ms or 1.5s")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a latency ≥ 0 such as 300ms or 1.5s")
+        return float(value)
+    if isinstance(value, str):
+        m = _LATENCY.match(value.strip())
+        if m:
+            return float(m.group(1)) * _MILLIS[m.group(2)]
+    raise ValueError("a latency such as 300ms or 1.5s")
+
+
+def parse_percent(value: object, *, allow_above_100: bool = False) -> float:
+    """`1%`, `0.5%` → fraction. Bare numbers are refused: is `1` one percent or all?"""
+    if isinstance(value, str):
+        m = _PERCENT.match(value.strip())
+        if m:
+            frac = float(m.group(1)) / 100.0
+            if frac > 1.0 and not allow_above_100:
+                raise ValueError("a percentage between 0% and 100%")
+            return frac
+    raise ValueError("a percentage such as 1% or 0.5%")
+
+
+def parse_weight(value: object) -> float:
+    """A traffic weight: `10%` or a bare number 0..100 (percent) → fraction."""
+    if isinstance(value, bool):
+        raise ValueError("a weight between 0 and 100 (percent), such as 10 or 10%")
+    if isinstance(value, int | float):
+        if 0 <= value <= 100:
+            return float(value) / 100.0
+        raise ValueError("a weight between 0 and 100 (percent), such as 10 or 10%")
+    if isinstance(value, str):
+        return parse_percent(value)
+    raise ValueError("a weight between 0 and 100 (percent), such as 10 or 10%")
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    if seconds < 1 and seconds > 0:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def fmt_ms(ms: float) -> str:
+    if ms != ms:  # NaN
+        return "n/a"
+    if ms >= 10000:
+        return f"{ms / 1000:.1f} s"
+    if ms >= 100:
+        return f"{ms:,.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.2f} ms"
+
+
+def fmt_percent(frac: float) -> str:
+    """0.0123 → `1.23%`, 0.1 → `10%`, 0.00042 → `0.042%`: enough digits to compare, no more."""
+    if frac != frac:
+        return "n/a"
+    pct = frac * 100
+    if pct == 0:
+        return "0%"
+    text = f"{pct:.3g}" if pct < 100 else f"{pct:.0f}"
+    return f"{text}%"
