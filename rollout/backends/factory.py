@@ -1,0 +1,36 @@
+"""Choosing the backend and state store a plan names (imports stay lazy)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from rollout.plan.loader import LoadedPlan
+
+
+def state_dir(loaded: LoadedPlan, override: str | None = None) -> Path:
+    """Where the local backend keeps a plan's state: --state-dir, $ROLLOUT_STATE_DIR, or .rollout beside the plan."""
+    root = override or os.environ.get("ROLLOUT_STATE_DIR")
+    base = Path(root) if root else loaded.base_dir / ".rollout"
+    return base / loaded.plan.name
+
+
+def make(loaded: LoadedPlan, state_dir_override: str | None = None) -> tuple[Any, Any]:
+    """(backend, store) for the plan's target."""
+    if loaded.plan.target.backend == "local":
+        from rollout.backends.local.backend import LocalBackend
+        from rollout.backends.local.store import LocalStore
+
+        d = state_dir(loaded, state_dir_override)
+        return LocalBackend(loaded, d), LocalStore(d)
+    raise NotImplementedError(loaded.plan.target.backend)
+
+
+def make_store(loaded: LoadedPlan, state_dir_override: str | None = None) -> Any:
+    """The store alone (read-only commands need no backend, and must not start anything)."""
+    if loaded.plan.target.backend == "local":
+        from rollout.backends.local.store import LocalStore
+
+        return LocalStore(state_dir(loaded, state_dir_override))
+    raise NotImplementedError(loaded.plan.target.backend)

@@ -1,0 +1,241 @@
+"""The `rollout` command line: one function per verb, errors turned into messages in one place.
+
+Start-up stays fast: nothing heavy is imported at module level. Commands that
+run load import `rollout.load.runner` (and so locust) *first*, before
+anything that imports ssl (httpx, the kubernetes client).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from enum import Enum
+from typing import Annotated, Any, NoReturn, Optional
+
+import click
+import typer
+
+from rollout.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUG,
+    EXIT_CODES,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Interrupted,
+    PlanInvalid,
+    RolloutError,
+)
+
+EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="rollout",
+    help="Staged rollouts with real load and gates: shift traffic stage by stage, load it with Locust, "
+    "judge every second, roll back by itself.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+PlanArg = Annotated[str, typer.Argument(help="the rollout plan (YAML)", metavar="PLAN")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for machines")]
+StateDirOpt = Annotated[
+    Optional[str], typer.Option("--state-dir", help="where the local backend keeps state (default: .rollout beside the plan; $ROLLOUT_STATE_DIR)")
+]
+VersionOpt = Annotated[Optional[str], typer.Option("--version", "-v", help="the version to roll out (default: target.canary in the plan)")]
+ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="why, for the audit trail")]
+
+
+def _load(plan: str) -> Any:
+    from rollout.plan.loader import load_plan
+
+    return load_plan(plan)
+
+
+def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False) -> Any:
+    if with_load:
+        import rollout.load.runner as runner  # first: locust must patch before ssl is imported
+
+        _install_sigterm_gevent()
+        load_runner = runner.run_load
+    else:
+        load_runner = None
+    loaded = _load(plan)
+    from rollout.backends import factory
+    from rollout.engine.executor import Engine
+    from rollout.engine.state import actor
+    from rollout.report.console import ConsoleReporter
+
+    backend, store = factory.make(loaded, state_dir)
+    return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+
+
+def _finish(outcome: Any) -> int:
+    stream = sys.stdout
+    mark = {"promoted": "✔", "rolled-back": "✘", "paused": "⏸", "stage-passed": "✔"}.get(outcome.kind, "•")
+    print(f"{mark} {outcome.kind}: {outcome.message}", file=stream)
+    return int(outcome.exit_code)
+
+
+@app.command()
+def validate(plan: PlanArg, output: OutputOpt = Output.text) -> int:
+    """Check a plan and show its stages and gates (exit 2 with every problem when invalid)."""
+    from rollout.plan.loader import load_plan
+    from rollout.report.tables import plan_dict, plan_tables
+
+    try:
+        loaded = load_plan(plan)
+    except PlanInvalid as exc:
+        if output is Output.json:
+            print(json.dumps({"valid": False, "file": exc.file, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
+            return EXIT_BAD_INPUT
+        raise
+    if output is Output.json:
+        print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan)}, indent=2))
+    else:
+        print(plan_tables(loaded.plan))
+        print(f"\n✔ {plan} is a valid plan")
+    return EXIT_OK
+
+
+@app.command()
+def schema() -> int:
+    """Print the JSON Schema of a plan file (for editors: completion and checks)."""
+    from rollout.plan.loader import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+@app.command()
+def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None) -> int:
+    """Run every remaining stage: until promoted, rolled back, or paused for approval."""
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True)
+    with store.lock("run"):
+        engine = make_engine()
+        return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=False))
+
+
+@app.command()
+def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None) -> int:
+    """Run exactly the next stage, then stop (promotes when it was the last)."""
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True)
+    with store.lock("advance"):
+        engine = make_engine()
+        return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=True))
+
+
+@app.command()
+def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None) -> int:
+    """Phase, traffic split, verdicts and history; what is live right now. Takes no lock."""
+    loaded = _load(plan)
+    from rollout.backends import factory
+    from rollout.report.tables import status_dict, status_text
+
+    backend, store = factory.make(loaded, state_dir)
+    state = store.load()
+    live = backend.inspect(state) if state is not None else None
+    if output is Output.json:
+        print(json.dumps(status_dict(state, live, store.location()), indent=2, default=str))
+    else:
+        print(status_text(loaded.plan, state, live, store.location()))
+    return EXIT_OK
+
+
+def _simple(plan: str, state_dir: str | None, verb: str, call: Any) -> int:
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=False)
+    with store.lock(verb):
+        return _finish(call(make_engine()))
+
+
+@app.command()
+def approve(plan: PlanArg, state_dir: StateDirOpt = None) -> int:
+    """Let a stage that waits for approval start (then `rollout advance` or `rollout run`)."""
+    return _simple(plan, state_dir, "approve", lambda e: e.approve())
+
+
+@app.command()
+def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None) -> int:
+    """Stop the rollout in progress: all traffic to stable, canary stopped."""
+    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason))
+
+
+@app.command()
+def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None) -> int:
+    """Whatever the state: all traffic back to the last known-good version, canary stopped."""
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason))
+
+
+@app.command()
+def down(plan: PlanArg, state_dir: StateDirOpt = None) -> int:
+    """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
+    return _simple(plan, state_dir, "down", lambda e: e.down())
+
+
+# -- one place for errors and exit codes ---------------------------------------
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> NoReturn:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _install_sigterm_gevent() -> None:
+    """Under gevent, deliver SIGTERM like Ctrl-C to the main greenlet, so `finally` blocks run."""
+    import gevent
+
+    def handler() -> None:
+        gevent.get_hub().parent.throw(KeyboardInterrupt("SIGTERM"))
+
+    gevent.signal_handler(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="rollout", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        print("Error: interrupted — run `rollout status` to see where it stopped", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_BAD_INPUT
+    except PlanInvalid as exc:
+        for issue in exc.issues:
+            print(issue.render(), file=sys.stderr)
+        print(exc.render(), file=sys.stderr)
+        code = exc.exit_code
+    except RolloutError as exc:
+        print(exc.render(), file=sys.stderr)
+        code = exc.exit_code
+    except (KeyboardInterrupt, Interrupted) as exc:
+        detail = getattr(exc, "detail", "") or "the state records where it stopped"
+        print(f"Error: interrupted — {detail}; `rollout status` shows it", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        code = EXIT_OK
+    except Exception as exc:  # a bug: say so plainly, with the trace only on request
+        import os
+        import traceback
+
+        print(f"Error: internal error {type(exc).__name__}: {exc} — this is a bug in rollout; "
+              "rerun with ROLLOUT_DEBUG=1 for the trace and report it", file=sys.stderr)
+        if os.environ.get("ROLLOUT_DEBUG"):
+            traceback.print_exc()
+        code = EXIT_BUG
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""The one place that acts: performs what `decide` chose, recording before and after.
+
+Every traffic change follows the same protocol: write the intended change as
+`state.transition` and save; act through the backend; write the result and
+clear the transition; save. A process killed anywhere in between leaves a
+saved state that names the change that may be half done, and the next
+command finishes it (`decide` returns FINISH_TRANSITION first). The backend
+checkpoints through `save` whenever it starts or stops something.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rollout.backends.base import Backend, StateStore
+from rollout.engine.decide import Action, Kind, decide, stage_split
+from rollout.engine.state import (
+    ALL_STABLE,
+    Phase,
+    RolloutSummary,
+    Split,
+    StageRecord,
+    StageStatus,
+    State,
+    Transition,
+    new_state,
+)
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, UsageError
+from rollout.gates.threshold import evaluate_all
+from rollout.gates.verdict import Status, Verdict
+from rollout.load.stats import StageStats
+from rollout.plan.loader import LoadedPlan
+from rollout.plan.model import Stage
+
+LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
+
+ROLLBACK_ACTIONS = {"rollback": Phase.ROLLED_BACK, "abort": Phase.ABORTED, "revert": Phase.ROLLED_BACK}
+
+
+class Reporter(Protocol):
+    def event(self, message: str) -> None: ...
+
+    def progress(self, stage: Stage, index: int, total: int, stats: StageStats, verdicts: list[Verdict], duration: float) -> None: ...
+
+    def stage_done(self, record: StageRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # promoted | rolled-back | stage-passed | paused | nothing | aborted | reverted | down
+    message: str
+    exit_code: int = EXIT_OK
+
+
+class Engine:
+    def __init__(
+        self,
+        loaded: LoadedPlan,
+        backend: Backend,
+        store: StateStore,
+        reporter: Reporter,
+        who: str,
+        load_runner: LoadRunner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.loaded = loaded
+        self.plan = loaded.plan
+        self.backend = backend
+        self.store = store
+        self.out = reporter
+        self.who = who
+        self.load_runner = load_runner
+        self.clock = clock
+        self.state: State = self._load()
+        backend.checkpoint = self.save
+
+    # -- state -------------------------------------------------------------
+
+    def _load(self) -> State:
+        state = self.store.load()
+        if state is None:
+            state = new_state(self.plan.name, self.plan.target.stable, self.clock())
+        return state
+
+    def save(self) -> None:
+        self.state.updated_at = self.clock()
+        self.store.save(self.state)
+
+    def _audit(self, action: str, detail: str) -> None:
+        self.state.record(self.who, action, detail, self.clock())
+        self.out.event(detail)
+
+    # -- driving forward -----------------------------------------------------
+
+    def drive(self, version: str | None, from_cli: bool, one_stage: bool) -> Outcome:
+        """`rollout run` (one_stage=False) and `rollout advance` (one_stage=True)."""
+        if self.state.transition is not None:
+            self._finish_transition()
+        self.backend.ensure(self.state)
+        self.save()
+        stages_run = 0
+        while True:
+            action = decide(self.plan, self.state, version, from_cli)
+            if action.kind is Kind.REFUSE:
+                raise UsageError(action.reason, "finish it (`rollout run`), or stop it first with `rollout abort` or `rollout revert`")
+            if action.kind is Kind.DONE:
+                return Outcome("nothing", action.reason)
+            if action.kind is Kind.FINISH_TRANSITION:
+                self._finish_transition()
+            elif action.kind is Kind.START:
+                assert action.version is not None
+                self._start(action.version)
+            elif action.kind is Kind.WAIT_APPROVAL:
+                self._pause(action)
+                if stages_run:
+                    return Outcome("stage-passed", f"stage passed; {action.reason}: `rollout approve {self.loaded.path.name}`")
+                return Outcome("paused", f"{action.reason}: run `rollout approve`, then `rollout advance` or `rollout run`", EXIT_PAUSED)
+            elif action.kind is Kind.RUN_STAGE:
+                if one_stage and stages_run:
+                    nxt = self.plan.stages[self.state.stage_index]
+                    return Outcome("stage-passed", f"stage {self.state.stage_index} passed; next: stage {self.state.stage_index + 1} `{nxt.name}` (`rollout advance`)")
+                assert action.stage is not None
+                passed = self._run_stage(action.stage)
+                stages_run += 1
+                if not passed:
+                    return Outcome("rolled-back", self.state.reason, EXIT_GATE_FAILED)
+            elif action.kind is Kind.PROMOTE:
+                self._promote()
+                return Outcome("promoted", f"{self.state.stable_version} promoted: it serves all traffic")
+
+    def _start(self, version: str) -> None:
+        st = self.state
+        st.rollout_number += 1
+        st.phase = Phase.PROGRESSING
+        st.canary_version = version
+        st.stage_index = 0
+        st.approved = []
+        st.stages = []
+        st.reason = f"rolling out {version} over {st.stable_version}"
+        st.started_at = self.clock()
+        self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
+        self.save()
+        self.backend.deploy_canary(st, version)
+        self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
+        self.save()
+
+    def _pause(self, action: Action) -> None:
+        if self.state.phase is not Phase.PAUSED:
+            self.state.phase = Phase.PAUSED
+            self.state.reason = action.reason
+            self._audit("paused", action.reason)
+            self.save()
+
+    def _shift(self, split: Split, why: str) -> None:
+        st = self.state
+        st.transition = Transition("shift", split, self.clock(), os.getpid(), self.who)
+        self.save()
+        self.backend.apply_split(st, split)
+        st.split = split
+        st.transition = None
+        self._audit("shift", f"traffic: {split.describe()} ({why})")
+        self.save()
+
+    def _run_stage(self, i: int) -> bool:
+        st, stage = self.state, self.plan.stages[i]
+        n = len(self.plan.stages)
+        split = stage_split(self.plan, i)
+        if st.split != split:
+            self._shift(split, f"stage {i + 1}/{n} `{stage.name}`")
+        rec = StageRecord(index=i, name=stage.name, status=StageStatus.RUNNING, started_at=self.clock(), pid=os.getpid(), split=split)
+        st.stages.append(rec)
+        st.phase = Phase.PROGRESSING
+        st.reason = f"stage {i + 1}/{n} `{stage.name}` running"
+        where = "the canary alone" if stage.load_to == "canary" else "the entry point"
+        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
+        self.save()
+
+        gates = self.plan.stage_gates(i)
+        failing: list[Verdict] = []
+
+        def on_tick(stats: StageStats) -> bool:
+            verdicts = evaluate_all(gates, stats, final=False)
+            self.out.progress(stage, i, n, stats, verdicts, stage.duration)
+            bad = [v for v in verdicts if v.status is Status.FAIL]
+            if bad:
+                failing.extend(bad)
+                return True
+            return False
+
+        spec = self._load_spec(i)
+        try:
+            assert self.load_runner is not None, "a load runner is needed to run stages"
+            stats = self.load_runner(spec, on_tick)
+        except KeyboardInterrupt:
+            rec.status, rec.ended_at = StageStatus.INTERRUPTED, self.clock()
+            rec.reason = "interrupted (Ctrl-C/SIGTERM); traffic left at " + st.split.describe()
+            st.reason = f"stage {i + 1}/{n} `{stage.name}` interrupted; traffic stays at {st.split.describe()}: `rollout advance` re-runs the stage, `rollout revert` puts all traffic on stable"
+            self._audit("interrupted", st.reason)
+            self.save()
+            raise Interrupted(detail=st.reason) from None
+        except LoadError as exc:
+            rec.status, rec.ended_at, rec.reason = StageStatus.FAILED, self.clock(), f"the load could not run: {exc.what}"
+            self.save()
+            self._rollback("rollback", f"stage `{stage.name}`: the load could not run, so the canary could not be judged: {exc.what}")
+            raise
+
+        verdicts = failing or []
+        if not failing:
+            verdicts = evaluate_all(gates, stats, final=True)
+        else:  # the failing gates, plus where the others stood at that moment
+            names = {v.gate for v in failing}
+            verdicts = failing + [v for v in evaluate_all(gates, stats, final=False) if v.gate not in names]
+        rec.verdicts = [v.as_dict() for v in verdicts]
+        rec.stats = stats.summary()
+        rec.ended_at = self.clock()
+        blocking = [v for v in verdicts if v.status in (Status.FAIL, Status.INCONCLUSIVE)]
+        if blocking:
+            rec.status = StageStatus.FAILED
+            rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in blocking)
+            self.out.stage_done(rec)
+            self.save()
+            self._rollback("rollback", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}")
+            return False
+        rec.status = StageStatus.PASSED
+        rec.reason = "all gates passed" if verdicts else "no gates: passed on completion"
+        st.stage_index = i + 1
+        self.out.stage_done(rec)
+        self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed")
+        self.save()
+        return True
+
+    def _load_spec(self, i: int) -> Any:
+        from rollout.load.runner import LoadSpec  # only commands that run load import locust
+
+        stage, load = self.plan.stages[i], self.plan.load
+        host = self.backend.canary_url(self.state) if stage.load_to == "canary" else self.backend.entry_url(self.state)
+        roles = {self.state.stable_version: "stable", "stable": "stable", "canary": "canary"}
+        if self.state.canary_version:
+            roles[self.state.canary_version] = "canary"
+        cohort = next(iter(stage.cohort.items())) if stage.cohort else None
+        return LoadSpec(
+            locustfile=self.loaded.resolve(load.locustfile),
+            host=host,
+            users=self.plan.stage_users(i),
+            spawn_rate=self.plan.stage_spawn_rate(i),
+            duration=stage.duration,
+            version_header=load.version_header,
+            roles=roles,
+            cohort=cohort if stage.load_to == "entry" else None,
+            cohort_share=load.cohort_share,
+            max_requests=load.max_requests,
+        )
+
+    # -- ending ----------------------------------------------------------------
+
+    def _rollback(self, action: str, reason: str) -> None:
+        """All traffic to stable, then the canary stopped: rollback, abort and revert."""
+        st = self.state
+        st.phase = ROLLBACK_ACTIONS[action]
+        st.reason = reason
+        st.transition = Transition(action, ALL_STABLE, self.clock(), os.getpid(), self.who)
+        self._audit(action, reason)
+        self.save()
+        self._complete_rollback()
+
+    def _complete_rollback(self) -> None:
+        st = self.state
+        self.backend.ensure(st, canary=False)
+        self.backend.apply_split(st, ALL_STABLE)
+        st.split = ALL_STABLE
+        self.save()
+        self.backend.stop_canary(st)
+        st.transition = None
+        self._audit("stable", f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped")
+        self._archive(st.phase.value)
+        self.save()
+
+    def _promote(self) -> None:
+        st = self.state
+        st.transition = Transition("promote", ALL_STABLE, self.clock(), os.getpid(), self.who)
+        self._audit("promote", f"promoting {st.canary_version}: all stages passed")
+        self.save()
+        self._complete_promote()
+
+    def _complete_promote(self) -> None:
+        st = self.state
+        self.backend.promote(st)
+        if st.canary_version and st.stable_version != st.canary_version:
+            previous = st.stable_version
+            st.stable_version = st.canary_version
+            st.add_revision(st.canary_version, self.who, self.clock())
+            detail = f"{st.stable_version} is now stable (was {previous})"
+        else:
+            detail = f"{st.stable_version} is stable"
+        st.phase = Phase.PROMOTED
+        st.reason = detail
+        st.split = ALL_STABLE
+        st.transition = None
+        self._audit("promoted", detail)
+        self._archive("promoted")
+        self.save()
+
+    def _finish_transition(self) -> None:
+        t = self.state.transition
+        assert t is not None
+        self.out.event(f"finishing an interrupted `{t.action}` (started by {t.by}, pid {t.pid})")
+        if t.action == "shift":
+            self.backend.ensure(self.state)
+            self.backend.apply_split(self.state, t.to)
+            self.state.split = t.to
+            self.state.transition = None
+            self._audit("shift", f"traffic: {t.to.describe()} (finished an interrupted change)")
+            self.save()
+        elif t.action == "promote":
+            self._complete_promote()
+        else:
+            self._complete_rollback()
+
+    def _archive(self, outcome: str) -> None:
+        st = self.state
+        if not st.canary_version and outcome != "promoted":
+            return
+        st.past.append(
+            RolloutSummary(
+                number=st.rollout_number,
+                canary=st.canary_version or st.stable_version,
+                stable=st.revisions[-2].version if outcome == "promoted" and len(st.revisions) > 1 else st.stable_version,
+                outcome=outcome,
+                reason=st.reason,
+                started_at=st.started_at or self.clock(),
+                ended_at=self.clock(),
+                stages=[{"name": r.name, "status": r.status.value, "reason": r.reason, "verdicts": r.verdicts, "stats": r.stats} for r in st.stages],
+            )
+        )
+        del st.past[:-20]
+        st.canary_version = None
+
+    # -- the other verbs -------------------------------------------------------
+
+    def approve(self) -> Outcome:
+        st = self.state
+        action = decide(self.plan, st)
+        if action.kind is not Kind.WAIT_APPROVAL or action.stage is None:
+            raise UsageError(f"nothing is waiting for approval ({st.phase.value}: {st.reason or 'no rollout in progress'})", "see `rollout status`")
+        st.approved.append(action.stage)
+        st.phase = Phase.PROGRESSING
+        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}"
+        self._audit("approve", st.reason)
+        self.save()
+        return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
+
+    def abort(self, reason: str) -> Outcome:
+        st = self.state
+        if st.transition is not None:
+            self._finish_transition()
+        if not st.phase.active:
+            return Outcome("nothing", f"no rollout in progress ({st.phase.value}); nothing to abort")
+        self._rollback("abort", f"aborted by {self.who}" + (f": {reason}" if reason else ""))
+        return Outcome("aborted", f"aborted: all traffic on {st.stable_version}, canary stopped")
+
+    def revert(self, reason: str) -> Outcome:
+        """Whatever the state: all traffic to the last known-good version, the canary stopped."""
+        st = self.state
+        was = st.phase
+        if st.transition is not None and st.transition.action == "promote":
+            # a promotion that did not finish: the known-good version is still the recorded stable one
+            self.out.event("an interrupted promotion is abandoned: reverting to the recorded stable version")
+        st.phase = Phase.ROLLED_BACK if was.active or st.transition is not None else was
+        st.reason = f"reverted by {self.who}" + (f": {reason}" if reason else "")
+        st.transition = Transition("revert", ALL_STABLE, self.clock(), os.getpid(), self.who)
+        self._audit("revert", st.reason)
+        self.save()
+        self._complete_rollback()
+        return Outcome("reverted", f"all traffic on {st.stable_version}; canary stopped")
+
+    def down(self) -> Outcome:
+        st = self.state
+        if st.phase.active or st.transition is not None:
+            self._rollback("abort", f"stopped by {self.who} with `rollout down`")
+        self.backend.down(st)
+        self._audit("down", "all local processes stopped")
+        self.save()
+        return Outcome("down", "stopped the router and every version")

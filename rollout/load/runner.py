@@ -1,0 +1,205 @@
+"""Locust in library mode, in the CLI's own process.
+
+Imports locust first (see `rollout.load`): this module must be imported
+before httpx or the kubernetes client, which the CLI ensures.
+
+Why our own recorder instead of Locust's statistics: Locust rounds response
+times to about two significant digits and does not know which version served
+a request. The recorder listens to every request event, reads the version
+from the response header the plan names, and adds the raw milliseconds to
+per-version histograms (`rollout.load.stats`). Cohort membership comes from
+the user's request context, so a test can prove where cohort requests went.
+"""
+
+from __future__ import annotations
+
+import locust  # noqa: F401  (first: gevent monkey-patching must precede ssl/urllib3)
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import FastHttpUser, HttpUser, User
+from locust.env import Environment
+from locust.util.load_locustfile import load_locustfile
+
+from rollout.errors import LoadError
+from rollout.load.stats import StageStats, VersionStats
+
+COHORT_KEY = "rollout_cohort"
+TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One stage's load: where, how much, for how long, and how to attribute it."""
+
+    locustfile: Path
+    host: str
+    users: int
+    spawn_rate: float
+    duration: float
+    version_header: str = "X-Version"
+    roles: dict[str, str] = field(default_factory=dict)  # header value -> "stable" | "canary"
+    cohort: tuple[str, str] | None = None
+    cohort_share: float = 0.2
+    max_requests: int | None = None
+
+
+def load_user_classes(path: Path) -> list[type[User]]:
+    """The concrete User classes of a locustfile, or a LoadError saying what is wrong with it."""
+    if not path.is_file():
+        raise LoadError(f"locustfile {path} does not exist", "fix load.locustfile in the plan")
+    try:
+        classes, _shapes = load_locustfile(str(path))
+    except SystemExit as exc:  # locust exits on some import problems
+        raise LoadError(f"locustfile {path} could not be loaded (exit {exc.code})", "run it with `locust -f` to see why") from None
+    except Exception as exc:
+        raise LoadError(f"locustfile {path} failed to import: {type(exc).__name__}: {exc}", "fix the locustfile; `python -c 'import ...'` shows the traceback") from None
+    users = [c for c in classes.values() if not getattr(c, "abstract", False)]
+    if not users:
+        raise LoadError(f"locustfile {path} defines no User class", "define a class deriving from locust's HttpUser or FastHttpUser")
+    return users
+
+
+def _with_host(cls: type[User], host: str, cohort: tuple[str, str] | None, weight: float) -> type[User]:
+    """A subclass aimed at our host; cohort users also send the cohort header and mark their requests."""
+    attrs: dict[str, Any] = {"host": host, "weight": weight, "abstract": False, "__module__": cls.__module__}
+    if cohort is None:
+        return type(cls.__name__, (cls,), attrs)
+    header, value = cohort
+    if issubclass(cls, FastHttpUser):
+        attrs["default_headers"] = {**(cls.default_headers or {}), header: value}
+
+    def __init__(self: Any, environment: Environment) -> None:
+        cls.__init__(self, environment)
+        if isinstance(self, HttpUser):
+            self.client.headers[header] = value
+
+    def context(self: Any) -> dict[str, Any]:
+        return {**cls.context(self), COHORT_KEY: True}
+
+    attrs["__init__"] = __init__
+    attrs["context"] = context
+    return type(f"{cls.__name__}Cohort", (cls,), attrs)
+
+
+def user_classes_for(spec: LoadSpec, base: list[type[User]]) -> list[type[User]]:
+    out: list[type[User]] = []
+    for cls in base:
+        w = float(getattr(cls, "weight", 1) or 1)
+        if spec.cohort is None:
+            out.append(_with_host(cls, spec.host, None, w))
+        else:
+            # Locust spreads users over classes by weight: share of users in the cohort.
+            out.append(_with_host(cls, spec.host, None, w * (1.0 - spec.cohort_share)))
+            out.append(_with_host(cls, spec.host, spec.cohort, w * spec.cohort_share))
+    return out
+
+
+class Recorder:
+    """Attributes every request to a version and records its raw latency (the hot path)."""
+
+    def __init__(self, spec: LoadSpec) -> None:
+        self.header = spec.version_header
+        self.roles = dict(spec.roles)
+        self.stats = StageStats()
+        self.second: dict[str, VersionStats] = {}
+        self.last_error: str = ""
+
+    def on_request(
+        self,
+        request_type: str,
+        name: str,
+        response_time: float,
+        response_length: int,
+        exception: BaseException | None = None,
+        response: Any = None,
+        context: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
+        version = None
+        if response is not None:
+            headers = getattr(response, "headers", None)
+            if headers is not None:
+                version = headers.get(self.header)
+        role = self.roles.get(version, "unknown") if version else "unknown"
+        failed = exception is not None
+        if failed:
+            self.last_error = f"{type(exception).__name__}: {exception}"[:200]
+        ms = float(response_time) if response_time is not None else 0.0
+        vs = self.stats.by_role.get(role)
+        if vs is None:
+            vs = self.stats.by_role[role] = VersionStats()
+        vs.add(ms, failed)
+        sec = self.second.get(role)
+        if sec is None:
+            sec = self.second[role] = VersionStats()
+        sec.add(ms, failed)
+        if context and context.get(COHORT_KEY):
+            key = f"cohort->{role}"
+        else:
+            key = f"other->{role}"
+        routing = self.stats.cohort_routing
+        routing[key] = routing.get(key, 0) + 1
+
+    def roll_second(self, t: float) -> None:
+        """Close the current one-second bucket into the timeline (for reports and plots)."""
+        entry: dict[str, Any] = {"t": round(t, 2)}
+        for role, vs in self.second.items():
+            entry[role] = {
+                "requests": vs.requests,
+                "failures": vs.failures,
+                "p50_ms": _r(vs.percentile(50)),
+                "p95_ms": _r(vs.percentile(95)),
+                "p99_ms": _r(vs.percentile(99)),
+            }
+        self.stats.timeline.append(entry)
+        self.second = {}
+
+
+def _r(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 3)
+
+
+def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStats:
+    """Run one stage's load; call on_tick(stats) about every second; stop when it returns True.
+
+    Bounded in time (spec.duration) and, when given, in count (spec.max_requests).
+    The runner is always quit, also on KeyboardInterrupt, which then propagates.
+    """
+    base = load_user_classes(spec.locustfile)
+    classes = user_classes_for(spec, base)
+    recorder = Recorder(spec)
+    env = Environment(user_classes=classes, host=spec.host)
+    env.events.request.add_listener(recorder.on_request)
+    runner = env.create_local_runner()
+    start = time.monotonic()
+    next_tick = start + TICK_SECONDS
+    try:
+        runner.start(spec.users, spawn_rate=spec.spawn_rate)
+        while True:
+            now = time.monotonic()
+            elapsed = now - start
+            if elapsed >= spec.duration:
+                break
+            if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
+                break
+            if now >= next_tick:
+                next_tick += TICK_SECONDS
+                recorder.roll_second(elapsed)
+                recorder.stats.elapsed = elapsed
+                recorder.stats.users = runner.user_count
+                if on_tick(recorder.stats):
+                    break
+            gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
+    finally:
+        runner.quit()
+        env.events.request.remove_listener(recorder.on_request)
+    recorder.stats.elapsed = time.monotonic() - start
+    recorder.roll_second(recorder.stats.elapsed)
+    return recorder.stats

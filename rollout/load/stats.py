@@ -1,0 +1,93 @@
+"""Per-stage, per-version statistics: what the load measured, as plain data.
+
+Filled by the load recorder (one `add` per request, on the load generator's
+hot path: keep it cheap) and read by the gates every second. No Locust import
+here, so the gates and the engine are tested without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout.stats.histogram import Histogram
+
+ROLES = ("stable", "canary")
+
+
+@dataclass
+class VersionStats:
+    requests: int = 0
+    failures: int = 0
+    latency: Histogram = field(default_factory=Histogram)
+
+    def add(self, ms: float, failed: bool) -> None:
+        self.requests += 1
+        if failed:
+            self.failures += 1
+        self.latency.record(ms)
+
+    def merge(self, other: VersionStats) -> None:
+        self.requests += other.requests
+        self.failures += other.failures
+        self.latency.merge(other.latency)
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else math.nan
+
+    def percentile(self, p: float) -> float:
+        return self.latency.quantile(p / 100.0)
+
+    def summary(self) -> dict[str, Any]:
+        def r(x: float) -> float | None:
+            return None if x != x else round(x, 3)
+
+        return {
+            "requests": self.requests,
+            "failures": self.failures,
+            "error_rate": r(self.error_rate),
+            "p50_ms": r(self.percentile(50)),
+            "p90_ms": r(self.percentile(90)),
+            "p95_ms": r(self.percentile(95)),
+            "p99_ms": r(self.percentile(99)),
+            "mean_ms": r(self.latency.mean),
+        }
+
+
+@dataclass
+class StageStats:
+    """Everything one stage's load measured, cumulative since the stage began."""
+
+    by_role: dict[str, VersionStats] = field(default_factory=lambda: {"stable": VersionStats(), "canary": VersionStats(), "unknown": VersionStats()})
+    # (in_cohort, role) -> requests: proves cohort routing
+    cohort_routing: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    users: int = 0
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # one entry a second
+
+    def role(self, name: str) -> VersionStats:
+        if name == "all":
+            total = VersionStats()
+            for vs in self.by_role.values():
+                total.merge(vs)
+            return total
+        return self.by_role.setdefault(name, VersionStats())
+
+    @property
+    def requests(self) -> int:
+        return sum(v.requests for v in self.by_role.values())
+
+    @property
+    def failures(self) -> int:
+        return sum(v.failures for v in self.by_role.values())
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {role: vs.summary() for role, vs in self.by_role.items() if vs.requests}
+        out["all"] = self.role("all").summary()
+        out["elapsed_s"] = round(self.elapsed, 2)
+        out["users"] = self.users
+        if self.cohort_routing:
+            out["cohort_routing"] = dict(self.cohort_routing)
+        return out

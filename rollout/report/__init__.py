@@ -1,0 +1,1 @@
+"""Turning states, stages and verdicts into what people and machines read."""

@@ -1,0 +1,152 @@
+"""Human tables (tabulate) and machine dicts for `validate` and `status`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from tabulate import tabulate
+
+from rollout.engine.state import StageStatus, State, to_dict
+from rollout.plan.model import Gate, Plan
+from rollout.plan.units import fmt_duration, fmt_ms, fmt_percent
+
+
+def gate_threshold(gate: Gate) -> str:
+    if gate.compare:
+        what = "points above stable" if gate.metric == "error_rate" else "above stable"
+        return f"≤ {fmt_percent(float(gate.max_increase or 0))} {what}"
+    value = float(gate.max)  # type: ignore[arg-type]
+    return f"≤ {fmt_percent(value) if gate.metric == 'error_rate' else fmt_ms(value)}"
+
+
+def plan_tables(plan: Plan) -> str:
+    rows = []
+    for i, s in enumerate(plan.stages):
+        gates = plan.stage_gates(i)
+        rows.append([
+            i + 1,
+            s.name,
+            "-" if s.weight is None else fmt_percent(s.weight),
+            ", ".join(f"{k}: {v}" for k, v in (s.cohort or {}).items()) or "-",
+            s.load_to,
+            plan.stage_users(i),
+            fmt_duration(s.duration),
+            s.approval,
+            ", ".join(gates) or "-",
+        ])
+    stages = tabulate(rows, headers=["#", "stage", "weight", "cohort", "load to", "users", "duration", "approval", "gates"])
+    grows = [
+        [name, g.metric, "canary vs stable" if g.compare else g.version, gate_threshold(g), g.min_requests]
+        for name, g in plan.gates.items()
+    ]
+    for i, s in enumerate(plan.stages):
+        for name, g in (s.gates or {}).items():
+            grows.append([f"{name} (stage {s.name})", g.metric if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", g.min_requests if g else "-"])
+    gates = tabulate(grows, headers=["gate", "metric", "on", "passes when", "min requests"]) if grows else "(no gates)"
+    head = f"Plan `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}> — backend {plan.target.backend}"
+    return f"{head}\n\n{stages}\n\n{gates}"
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    return plan.model_dump(mode="json")
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def notes(state: State) -> list[str]:
+    """What the record alone cannot say: work that was cut off by a dead process."""
+    out: list[str] = []
+    t = state.transition
+    if t is not None and not _pid_alive(t.pid):
+        out.append(
+            f"a `{t.action}` towards {t.to.describe()} was started by pid {t.pid} ({t.by}) and did not finish; "
+            f"traffic may be half-changed: `rollout advance` finishes it, `rollout revert` puts all traffic on stable"
+        )
+    rec = state.current_stage()
+    if rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not _pid_alive(rec.pid):
+        out.append(
+            f"stage {rec.index + 1} `{rec.name}` was running in pid {rec.pid}, which is gone (killed?); "
+            f"traffic is at {state.split.describe()}: `rollout advance` re-runs the stage, `rollout revert` puts all traffic on stable"
+        )
+    return out
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, location: str) -> str:
+    if state is None:
+        return f"Rollout `{plan.name}`: nothing recorded yet ({location}); `rollout run` starts one."
+    lines = [
+        f"Rollout `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}>",
+        f"Phase:    {state.phase.value}" + (f" — {state.reason}" if state.reason else ""),
+        f"Stable:   {state.stable_version}" + (f"    Canary: {state.canary_version}" if state.canary_version else ""),
+        f"Traffic:  {state.split.describe()}",
+    ]
+    if state.phase.active:
+        n = len(plan.stages)
+        lines.append(f"Stage:    {min(state.stage_index + 1, n)}/{n}" + (f" `{plan.stages[state.stage_index].name}`" if state.stage_index < n else " (promotion next)"))
+    if live:
+        bits = []
+        for role in ("stable", "canary"):
+            p = live.get(role)
+            if p:
+                bits.append(f"{role} {p['version']} pid {p['pid']} :{p['port']} {'up' if p['alive'] else 'DOWN'}")
+        r = live.get("router")
+        if r:
+            lw = r.get("live", {}).get("weight")
+            bits.append(f"router :{r['port']} {'up' if r['alive'] else 'DOWN'}" + (f" ({lw * 100:g}% to canary)" if lw is not None else ""))
+        if bits:
+            lines.append("Live:     " + "; ".join(bits))
+    for note in notes(state):
+        lines.append(f"Note:     {note}")
+    if state.stages:
+        rows = []
+        for r in state.stages:
+            s = r.stats.get("all", {})
+            rows.append([r.index + 1, r.name, r.split.describe(), r.status.value, f"{s.get('requests', 0):,}", "; ".join(f"{v['gate']}: {v['message']}" for v in r.verdicts if v["status"] in ("fail", "inconclusive")) or r.reason])
+        lines += ["", tabulate(rows, headers=["#", "stage", "traffic", "status", "requests", "verdict"])]
+    if state.past:
+        rows = [[p.number, f"{p.stable} → {p.canary}", p.outcome, _when(p.ended_at), p.reason[:120]] for p in state.past[-5:]]
+        lines += ["", "Past rollouts:", tabulate(rows, headers=["#", "versions", "outcome", "ended", "why"])]
+    hist = [[_when(h.at), h.who, h.action, h.detail[:110]] for h in state.history[-10:]]
+    if hist:
+        lines += ["", "History (latest 10):", tabulate(hist, headers=["when", "who", "action", "detail"])]
+    return "\n".join(lines)
+
+
+def status_dict(state: State | None, live: dict[str, Any] | None, location: str) -> dict[str, Any]:
+    return {"state": to_dict(state) if state else None, "live": live, "notes": notes(state) if state else [], "location": location}
+
+
+def outcome_table(state: State) -> str:
+    """The demo's closing table: every finished rollout and the numbers that decided it."""
+    rows = []
+    for p in state.past:
+        decisive = ""
+        for st in p.stages:
+            if st["status"] == "failed":
+                decisive = f"{st['name']}: {st['reason']}"
+                break
+        if not decisive and p.stages:
+            last = p.stages[-1]
+            msgs = [v["message"] for v in last["verdicts"]]
+            decisive = f"{last['name']}: " + "; ".join(msgs[:3])
+        reqs = sum(st["stats"].get("all", {}).get("requests", 0) for st in p.stages)
+        rows.append([p.number, f"{p.stable} → {p.canary}", p.outcome.upper(), f"{sum(1 for s in p.stages if s['status'] == 'passed')}/{len(p.stages)}", f"{reqs:,}", f"{p.ended_at - p.started_at:,.0f}s", decisive])
+    return tabulate(rows, headers=["#", "rollout", "outcome", "stages passed", "requests", "took", "decided by"], maxcolwidths=[None, None, None, None, None, None, 80])
+
+

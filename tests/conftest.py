@@ -1,0 +1,49 @@
+"""Shared fixtures: a valid plan to mutate, and helpers to run the CLI as users do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def write_plan(tmp: Path, data: dict, name: str = "plan.yaml") -> Path:
+    path = tmp / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def base_plan(tmp_path: Path) -> dict:
+    """A small valid local plan whose locustfile exists in tmp_path."""
+    (tmp_path / "load.py").write_text("from locust import HttpUser, task\n\nclass U(HttpUser):\n    @task\n    def t(self):\n        self.client.get('/')\n")
+    return {
+        "name": "svc",
+        "owner": {"name": "Team", "contact": "team@example.com"},
+        "target": {
+            "backend": "local",
+            "stable": "v1",
+            "versions": {"v1": {"command": "{python} s.py --port {port}"}, "v2": {"command": "{python} s.py --port {port}"}},
+        },
+        "load": {"locustfile": "load.py", "users": 5},
+        "gates": {"errors": {"metric": "error_rate", "max": "1%"}},
+        "stages": [{"name": "ten", "weight": 10, "duration": "5s"}],
+    }
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rollout", *args],
+        cwd=cwd or ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
