@@ -90,9 +90,10 @@ class Engine:
         self.state.updated_at = self.clock()
         self.store.save(self.state)
 
-    def _audit(self, action: str, detail: str) -> None:
+    def _audit(self, action: str, detail: str, echo: bool = True) -> None:
         self.state.record(self.who, action, detail, self.clock())
-        self.out.event(detail)
+        if echo:
+            self.out.event(detail)
 
     # -- driving forward -----------------------------------------------------
 
@@ -116,7 +117,7 @@ class Engine:
                 self._start(action.version)
             elif action.kind is Kind.WAIT_APPROVAL:
                 self._pause(action)
-                if stages_run:
+                if one_stage and stages_run:
                     return Outcome("stage-passed", f"stage passed; {action.reason}: `rollout approve {self.loaded.path.name}`")
                 return Outcome("paused", f"{action.reason}: run `rollout approve`, then `rollout advance` or `rollout run`", EXIT_PAUSED)
             elif action.kind is Kind.RUN_STAGE:
@@ -229,7 +230,7 @@ class Engine:
         rec.reason = "all gates passed" if verdicts else "no gates: passed on completion"
         st.stage_index = i + 1
         self.out.stage_done(rec)
-        self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed")
+        self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)
         self.save()
         return True
 
