@@ -151,6 +151,25 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     return EXIT_OK
 
 
+@app.command()
+def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None) -> int:
+    """Every finished rollout of this plan, with the numbers that decided it."""
+    loaded = _load(plan)
+    from rollout.backends import factory
+    from rollout.report.tables import outcome_table
+
+    state = factory.make_store(loaded, state_dir).load()
+    if output is Output.json:
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(p) for p in (state.past if state else [])], indent=2))
+    elif state is None or not state.past:
+        print(f"No finished rollout of `{loaded.plan.name}` recorded yet.")
+    else:
+        print(outcome_table(state, len(loaded.plan.stages)))
+    return EXIT_OK
+
+
 def _simple(plan: str, state_dir: str | None, verb: str, call: Any) -> int:
     loaded, store, make_engine = _engine(plan, state_dir, with_load=False)
     with store.lock(verb):

@@ -132,7 +132,7 @@ def status_dict(state: State | None, live: dict[str, Any] | None, location: str)
     return {"state": to_dict(state) if state else None, "live": live, "notes": notes(state) if state else [], "location": location}
 
 
-def outcome_table(state: State) -> str:
+def outcome_table(state: State, total_stages: int | None = None) -> str:
     """The demo's closing table: every finished rollout and the numbers that decided it."""
     rows = []
     for p in state.past:
@@ -143,10 +143,10 @@ def outcome_table(state: State) -> str:
                 break
         if not decisive and p.stages:
             last = p.stages[-1]
-            msgs = [v["message"] for v in last["verdicts"]]
+            msgs = [f"{v['gate']} {v['message']}" for v in last["verdicts"]]
             decisive = f"{last['name']}: " + "; ".join(msgs[:3])
         reqs = sum(st["stats"].get("all", {}).get("requests", 0) for st in p.stages)
-        rows.append([p.number, f"{p.stable} → {p.canary}", p.outcome.upper(), f"{sum(1 for s in p.stages if s['status'] == 'passed')}/{len(p.stages)}", f"{reqs:,}", f"{p.ended_at - p.started_at:,.0f}s", decisive])
+        rows.append([p.number, f"{p.stable} → {p.canary}", p.outcome.upper(), f"{sum(1 for s in p.stages if s['status'] == 'passed')}/{total_stages or len(p.stages)}", f"{reqs:,}", f"{p.ended_at - p.started_at:,.0f}s", decisive])
     return tabulate(rows, headers=["#", "rollout", "outcome", "stages passed", "requests", "took", "decided by"], maxcolwidths=[None, None, None, None, None, None, 80])
 
 
