@@ -108,7 +108,7 @@ class Recorder:
         self.header = spec.version_header
         self.roles = dict(spec.roles)
         self.stats = StageStats()
-        self.second: dict[str, VersionStats] = {}
+        self._prev: dict[str, VersionStats] = {}  # cumulative copies at the last second's end
         self.last_error: str = ""
 
     def on_request(
@@ -136,10 +136,6 @@ class Recorder:
         if vs is None:
             vs = self.stats.by_role[role] = VersionStats()
         vs.add(ms, failed)
-        sec = self.second.get(role)
-        if sec is None:
-            sec = self.second[role] = VersionStats()
-        sec.add(ms, failed)
         if context and context.get(COHORT_KEY):
             key = f"cohort->{role}"
         else:
@@ -150,16 +146,20 @@ class Recorder:
     def roll_second(self, t: float) -> None:
         """Close the current one-second bucket into the timeline (for reports and plots)."""
         entry: dict[str, Any] = {"t": round(t, 2)}
-        for role, vs in self.second.items():
+        for role, vs in self.stats.by_role.items():
+            prev = self._prev.get(role) or VersionStats()
+            if vs.requests == prev.requests:
+                continue
+            sec = vs.latency.minus(prev.latency)
             entry[role] = {
-                "requests": vs.requests,
-                "failures": vs.failures,
-                "p50_ms": _r(vs.percentile(50)),
-                "p95_ms": _r(vs.percentile(95)),
-                "p99_ms": _r(vs.percentile(99)),
+                "requests": vs.requests - prev.requests,
+                "failures": vs.failures - prev.failures,
+                "p50_ms": _r(sec.quantile(0.50)),
+                "p95_ms": _r(sec.quantile(0.95)),
+                "p99_ms": _r(sec.quantile(0.99)),
             }
+            self._prev[role] = VersionStats(vs.requests, vs.failures, vs.latency.copy())
         self.stats.timeline.append(entry)
-        self.second = {}
 
 
 def _r(x: float) -> float | None:

@@ -1,0 +1,94 @@
+"""The latency histogram's stated error, and the threshold gates' verdicts with their numbers (pure)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from rollout.gates.threshold import evaluate
+from rollout.gates.verdict import Status
+from rollout.load.stats import StageStats
+from rollout.plan.model import Gate
+from rollout.stats.histogram import RELATIVE_ERROR, Histogram
+
+
+def test_quantiles_are_within_the_stated_relative_error() -> None:
+    rng = random.Random(1)
+    values = [rng.lognormvariate(3, 1) for _ in range(20000)]
+    h = Histogram()
+    for v in values:
+        h.record(v)
+    values.sort()
+    for q in (0.5, 0.9, 0.95, 0.99, 0.999):
+        exact = values[math.ceil(q * len(values)) - 1]
+        assert abs(h.quantile(q) - exact) <= RELATIVE_ERROR * exact * 1.0001, q
+    assert h.value_at_rank(1) == values[0] and h.value_at_rank(len(values)) == values[-1]
+    assert h.count == 20000 and abs(h.mean - sum(values) / len(values)) < 1e-6 * h.mean
+
+
+def test_memory_is_bounded_by_buckets_not_requests() -> None:
+    h = Histogram()
+    rng = random.Random(2)
+    for _ in range(100000):
+        h.record(rng.uniform(1, 1000))
+    assert len(h.buckets) < 800  # log(1000)/log(1.01) ≈ 694 buckets for three decades
+
+
+def test_merge_and_minus_and_round_trip() -> None:
+    a, b = Histogram(), Histogram()
+    for i in range(1, 1001):
+        (a if i % 2 else b).record(float(i))
+    snapshot = a.copy()
+    a.merge(b)
+    assert a.count == 1000 and a.quantile(0.5) == pytest.approx(500, rel=RELATIVE_ERROR)
+    diff = a.minus(snapshot)
+    assert diff.count == 500 and diff.quantile(1.0) == pytest.approx(1000, rel=RELATIVE_ERROR)
+    back = Histogram.from_dict(a.to_dict())
+    assert back.buckets == a.buckets and back.count == a.count and back.quantile(0.99) == a.quantile(0.99)
+
+
+def _stats(canary: tuple[int, int, float], stable: tuple[int, int, float]) -> StageStats:
+    s = StageStats()
+    for role, (n, fails, ms) in (("canary", canary), ("stable", stable)):
+        for i in range(n):
+            s.role(role).add(ms, i < fails)
+    return s
+
+
+def test_error_rate_gate_fails_with_its_numbers() -> None:
+    g = Gate(metric="error_rate", max="1%", min_requests=100)
+    v = evaluate("errors", g, _stats((4210, 210, 10.0), (4000, 0, 10.0)), final=False)
+    assert v.status is Status.FAIL
+    assert v.message == "canary error rate 4.99% > 1% (4,210 requests)"
+    assert v.observed == pytest.approx(210 / 4210) and v.threshold == 0.01 and v.requests == 4210
+
+
+def test_latency_gate_pending_then_pass_then_inconclusive() -> None:
+    g = Gate(metric="p95", max="500ms", min_requests=100)
+    assert evaluate("p95", g, _stats((50, 0, 10.0), (0, 0, 1.0)), final=False).status is Status.PENDING
+    v = evaluate("p95", g, _stats((50, 0, 10.0), (0, 0, 1.0)), final=True)
+    assert v.status is Status.INCONCLUSIVE and "50 requests < 100 needed" in v.message
+    v = evaluate("p95", g, _stats((200, 0, 812.0), (0, 0, 1.0)), final=False)
+    assert v.status is Status.FAIL and v.message.startswith("canary p95 81") and "> 500 ms (200 requests)" in v.message
+    v = evaluate("p95", g, _stats((200, 0, 100.0), (0, 0, 1.0)), final=True)
+    assert v.status is Status.PASS and "≤ 500 ms" in v.message
+
+
+def test_gate_on_stable_and_on_all_traffic() -> None:
+    s = _stats((100, 0, 10.0), (100, 50, 10.0))
+    assert evaluate("e", Gate(metric="error_rate", max="10%", version="stable", min_requests=10), s, final=True).status is Status.FAIL
+    v = evaluate("e", Gate(metric="error_rate", max="10%", version="all", min_requests=10), s, final=True)
+    assert v.status is Status.FAIL and "all traffic error rate 25% > 10% (200 requests)" == v.message
+
+
+def test_compare_gate_canary_against_stable() -> None:
+    g = Gate(metric="p95", compare="stable", max_increase="20%", min_requests=100)
+    v = evaluate("cmp", g, _stats((300, 0, 130.0), (300, 0, 100.0)), final=False)
+    assert v.status is Status.FAIL and "× 1.2" in v.message and "(300 canary / 300 stable requests)" in v.message
+    assert evaluate("cmp", g, _stats((300, 0, 115.0), (300, 0, 100.0)), final=True).status is Status.PASS
+    assert evaluate("cmp", g, _stats((300, 0, 115.0), (30, 0, 100.0)), final=True).status is Status.INCONCLUSIVE
+    ge = Gate(metric="error_rate", compare="stable", max_increase="1%", min_requests=100)
+    v = evaluate("cmpe", ge, _stats((1000, 30, 1.0), (1000, 10, 1.0)), final=False)
+    assert v.status is Status.FAIL and "points" in v.message
