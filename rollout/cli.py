@@ -13,8 +13,12 @@ import sys
 from enum import Enum
 from typing import Annotated, Any, NoReturn, Optional
 
-import click
 import typer
+
+try:  # recent typer vendors its own click; its usage errors derive from this
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click import ClickException  # type: ignore[no-redef]
 
 from rollout.errors import (
     EXIT_BAD_INPUT,
@@ -222,12 +226,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="rollout", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("Error: interrupted — run `rollout status` to see where it stopped", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         code = EXIT_BAD_INPUT
     except PlanInvalid as exc:
