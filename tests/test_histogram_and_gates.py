@@ -92,3 +92,23 @@ def test_compare_gate_canary_against_stable() -> None:
     ge = Gate(metric="error_rate", compare="stable", max_increase="1%", min_requests=100)
     v = evaluate("cmpe", ge, _stats((1000, 30, 1.0), (1000, 10, 1.0)), final=False)
     assert v.status is Status.FAIL and "points" in v.message
+
+
+def test_nearest_rank_is_exact_despite_float_noise_and_bad_values_do_not_crash() -> None:
+    h = Histogram()
+    for i in range(1, 101):
+        h.record(float(i))
+    assert h.quantile(0.07) == pytest.approx(7.0, rel=RELATIVE_ERROR)  # 0.07 * 100 = 7.000000000000001
+    assert h.values_at_ranks([95, 1, 50, 100]) == [h.value_at_rank(95), h.value_at_rank(1), h.value_at_rank(50), h.value_at_rank(100)]
+    h.record(float("inf"))
+    h.record(float("nan"))
+    h.record(-1.0)
+    h.record(5.0, n=0)
+    assert h.count == 103 and h.min == 0.0
+
+
+def test_a_histogram_of_another_resolution_is_refused() -> None:
+    d = Histogram().to_dict()
+    d["relative_error"] = 0.01
+    with pytest.raises(ValueError):
+        Histogram.from_dict(d)

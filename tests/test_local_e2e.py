@@ -254,8 +254,7 @@ def test_ctrl_c_leaves_a_recorded_consistent_state(rollout_env: Any) -> None:
     state = ro.status()["state"]
     assert state["stages"][-1]["status"] == "interrupted" and state["split"]["weight"] == 0.5
     assert state["transition"] is None
-    r = ro("advance")  # resumes: re-runs the interrupted stage... but we only want to see it start; revert instead
-    assert r.returncode in (0, 1), r.stderr
+    assert any("interrupted" in h["detail"] and "rollout advance" in h["detail"] for h in state["history"])
     r = ro("revert")
     assert r.returncode == 0
 

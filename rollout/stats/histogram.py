@@ -26,6 +26,7 @@ _GAMMA = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 _LOG_GAMMA = math.log(_GAMMA)
 _INV_LOG_GAMMA = 1.0 / _LOG_GAMMA
 MIN_VALUE = 0.001  # ms; anything at or below is counted in the zero bucket (1 µs)
+MAX_VALUE = 3.6e9  # ms (1,000 hours); larger, infinite or NaN values are clamped
 
 
 class Histogram:
@@ -43,6 +44,10 @@ class Histogram:
 
     def record(self, value: float, n: int = 1) -> None:
         # the load generator's hot path: one call per request, kept to the bare minimum
+        if not 0.0 <= value < MAX_VALUE:  # NaN, inf, negative: clamp rather than crash the load
+            value = MAX_VALUE if value == value and value > 0 else 0.0
+        if n <= 0:
+            return
         self.count += n
         self.total += value * n
         if value < self.min:
@@ -124,7 +129,30 @@ class Histogram:
         """The q-quantile (0 ≤ q ≤ 1): the ceil(q·N)-th smallest value, as nearest-rank percentiles are."""
         if self.count == 0:
             return math.nan
-        return self.value_at_rank(max(1, math.ceil(q * self.count)))
+        # the small epsilon keeps float noise (0.07 * 100 = 7.000000000000001) from skipping a rank
+        return self.value_at_rank(max(1, math.ceil(q * self.count - 1e-9)))
+
+    def values_at_ranks(self, ranks: list[int]) -> list[float]:
+        """Several order statistics in one pass over the sorted buckets (ranks 1-based, any order)."""
+        if self.count == 0:
+            return [math.nan] * len(ranks)
+        order = sorted(range(len(ranks)), key=lambda i: ranks[i])
+        out = [math.nan] * len(ranks)
+        it = iter(self._iter_sorted())
+        seen, value = 0, self.min
+        for i in order:
+            r = ranks[i]
+            if r <= 1:
+                out[i] = self.min
+                continue
+            if r >= self.count:
+                out[i] = self.max
+                continue
+            while seen < r:
+                value, n = next(it)
+                seen += n
+            out[i] = min(max(value, self.min), self.max)
+        return out
 
     def count_at_or_below(self, value: float) -> int:
         """How many recorded values are ≤ value (to the bucket containing value)."""
@@ -146,6 +174,9 @@ class Histogram:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Histogram:
+        stored = data.get("relative_error", RELATIVE_ERROR)
+        if stored != RELATIVE_ERROR:
+            raise ValueError(f"histogram recorded with relative error {stored}, this version reads {RELATIVE_ERROR}")
         h = cls()
         h.count = int(data.get("count", 0))  # type: ignore[arg-type]
         h.total = float(data.get("total", 0.0))  # type: ignore[arg-type]
