@@ -1,0 +1,7 @@
+"""Test doubles that ship with `rollout`.
+
+They live in the package (not under tests/) so benchmarks, demos and other
+projects' tests can start them too. The main one is
+`rollout.testing.apiserver`, a fake Kubernetes API server spoken to over real
+HTTP by the unmodified official `kubernetes` client.
+"""
