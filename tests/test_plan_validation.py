@@ -74,6 +74,8 @@ CASES = [
     ("compare-on-canary-only-stage", _mut(lambda p: (p["gates"].update(cmp={"metric": "p95", "compare": "stable", "max_increase": "20%"}), p["stages"][0].update(load_to="canary"))), ["gates.cmp", "needs stable traffic", "load_to: canary"]),
     ("health-not-a-path", _set(("target", "versions", "v1", "health"), "healthz"), ["target.versions.v1.health", "a path starting with /"]),
     ("host-with-local-backend", _set(("load", "host"), "http://example.com"), ["load.host", "no host with the local backend"]),
+    ("sequential-without-compare", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "max": "1s", "method": "sequential"})), ["gates.seq", "`compare: stable` with `method: sequential`"]),
+    ("alpha-out-of-range", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "compare": "stable", "max_increase": "20%", "method": "sequential", "alpha": 0.7})), ["gates.seq.alpha", "< 0.5"]),
     ("stage-not-a-mapping", _set(("stages",), ["just-a-name"]), ["stages[0]", "a mapping of fields"]),
 ]
 

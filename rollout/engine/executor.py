@@ -30,7 +30,7 @@ from rollout.engine.state import (
     new_state,
 )
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, UsageError
-from rollout.gates.threshold import evaluate_all
+from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
 from rollout.plan.loader import LoadedPlan
@@ -180,11 +180,11 @@ class Engine:
         self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
         self.save()
 
-        gates = self.plan.stage_gates(i)
+        judge = StageJudge(self.plan.stage_gates(i))
         failing: list[Verdict] = []
 
         def on_tick(stats: StageStats) -> bool:
-            verdicts = evaluate_all(gates, stats, final=False)
+            verdicts = judge.judge(stats, final=False)
             self.out.progress(stage, i, n, stats, verdicts, stage.duration)
             bad = [v for v in verdicts if v.status is Status.FAIL]
             if bad:
@@ -209,12 +209,11 @@ class Engine:
             self._rollback("rollback", f"stage `{stage.name}`: the load could not run, so the canary could not be judged: {exc.what}")
             raise
 
-        verdicts = failing or []
         if not failing:
-            verdicts = evaluate_all(gates, stats, final=True)
+            verdicts = judge.judge(stats, final=True)
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
-            verdicts = failing + [v for v in evaluate_all(gates, stats, final=False) if v.gate not in names]
+            verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
         rec.verdicts = [v.as_dict() for v in verdicts]
         rec.stats = stats.summary()
         rec.ended_at = self.clock()

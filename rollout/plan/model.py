@@ -146,6 +146,16 @@ class Gate(Strict):
         "error_rate at most this many points above stable's",
     )
     min_requests: int = Field(100, ge=1, description="requests per version before the gate may judge")
+    method: Literal["threshold", "sequential"] = Field(
+        "threshold",
+        description="with compare: `threshold` compares the stage's cumulative numbers each second; "
+        "`sequential` runs an anytime-valid test (e-process / confidence sequence) whose false-rollback "
+        "rate stays at `alpha` however often it is checked",
+    )
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="sequential: the false-rollback rate, split over the stage's sequential gates")
+    pass_increase: Percent | None = Field(
+        None, description="sequential: the canary passes once credibly below this increase (default: max_increase)"
+    )
 
     @field_validator("max", mode="before")
     @classmethod
@@ -171,6 +181,12 @@ class Gate(Strict):
             raise ValueError("`compare: stable` to go with `max_increase`")
         if self.compare is not None and self.version != "canary":
             raise ValueError("`version: canary` (or no version) with `compare: stable`")
+        if self.method == "sequential" and self.compare is None:
+            raise ValueError("`compare: stable` with `method: sequential` (absolute limits are checked directly)")
+        if self.pass_increase is not None and self.method != "sequential":
+            raise ValueError("`method: sequential` to go with `pass_increase`")
+        if self.pass_increase is not None and self.max_increase is not None and self.pass_increase > self.max_increase:
+            raise ValueError("`pass_increase` at most `max_increase`")
         return self
 
     @property
