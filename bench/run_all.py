@@ -1,0 +1,23 @@
+"""`make bench`: every benchmark in turn, results in bench/results/*.json (see bench/README.md)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = [
+    ["bench_router.py"],
+    ["bench_load.py", "--rounds", "3", "--seconds", "10"],
+    ["bench_rollback.py", "--rounds", "5"],
+    ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
+    ["bench_false_rollback.py"],
+]
+
+if __name__ == "__main__":
+    failed = 0
+    for args in RUNS:
+        print(f"\n=== {' '.join(args)} ===", flush=True)
+        failed += subprocess.run([sys.executable, str(HERE / args[0]), *args[1:]], cwd=HERE.parent).returncode != 0
+    sys.exit(1 if failed else 0)
