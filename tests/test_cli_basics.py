@@ -56,3 +56,29 @@ def test_approve_with_nothing_waiting_is_bad_input(tmp_path, base_plan) -> None:
     r = run_cli("approve", str(path), env={"ROLLOUT_STATE_DIR": str(tmp_path / "state")})
     assert r.returncode == 2
     assert r.stderr.startswith("Error: nothing is waiting for approval") and " — " in r.stderr
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_otherwise() -> None:
+    import io
+
+    from rollout.gates.verdict import Status, Verdict
+    from rollout.load.stats import StageStats
+    from rollout.plan.model import Stage
+    from rollout.report.console import ConsoleReporter
+
+    stage = Stage(name="ten", weight=10, duration=10)
+    stats = StageStats()
+    for _ in range(90):
+        stats.role("stable").add(20.0, False)
+    for _ in range(10):
+        stats.role("canary").add(30.0, True)
+    stats.elapsed, stats.users = 5.0, 7
+    stats.timeline.append({"t": 5.0, "stable": {"requests": 90}, "canary": {"requests": 10}})
+    fail = [Verdict("errors", Status.FAIL, "x", "canary")]
+    tty, plain = io.StringIO(), io.StringIO()
+    ConsoleReporter(tty, tty=True).progress(stage, 0, 3, stats, [], 10)
+    ConsoleReporter(plain, tty=False).progress(stage, 0, 3, stats, fail, 10)
+    assert tty.getvalue().startswith("\r\x1b[2K  ten [" + "█" * 10 + "░" * 10 + "]") and "\n" not in tty.getvalue()
+    line = plain.getvalue()
+    assert line.endswith("\n") and "\x1b" not in line and "█" not in line
+    assert "users 7" in line and "rps 100" in line and "canary 10 rps err 100% p95 30" in line and "5s left" in line and "FAIL errors" in line
