@@ -412,7 +412,7 @@ class _BadClientBody(Exception):
 class _Conn:
     """A client connection, as the sweeper and the shutdown see it."""
 
-    __slots__ = ("writer", "idle_since", "up", "deadline", "timed_out")
+    __slots__ = ("writer", "idle_since", "up", "deadline", "timed_out", "linger")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -423,6 +423,7 @@ class _Conn:
         # and sets `timed_out`, so the request unwinds and answers 504.
         self.deadline = 0.0
         self.timed_out = False
+        self.linger = False  # closing after an error answer: let the client read it first
 
 
 def _simple_response(status: int, body: str, *, close: bool = True, extra: bytes = b"") -> bytes:
@@ -625,6 +626,7 @@ class Router:
                 except asyncio.LimitOverrunError:
                     self.err_bad_request += 1
                     writer.write(_simple_response(431, "request head too large\n"))
+                    conn.linger = True
                     return
                 conn.idle_since = 0.0
                 if not await self._proxy(head, reader, conn, client_ip):
@@ -636,12 +638,15 @@ class Router:
         except Exception as e:  # a bug: keep serving others, say so once per kind
             _report_bug(e)
         finally:
+            if conn.linger and not self._forced:
+                await _linger(reader, writer)
             self._clients.discard(conn)
             writer.close()
 
-    def _bad(self, writer: asyncio.StreamWriter, status: int, why: str) -> bool:
+    def _bad(self, conn: _Conn, status: int, why: str) -> bool:
         self.err_bad_request += 1
-        writer.write(_simple_response(status, f"{_REASONS[status].lower()}: {why}\n"))
+        conn.writer.write(_simple_response(status, f"{_REASONS[status].lower()}: {why}\n"))
+        conn.linger = True
         return False
 
     async def _proxy(self, head: bytes, reader: asyncio.StreamReader, conn: _Conn, client_ip: bytes) -> bool:
@@ -653,22 +658,22 @@ class Router:
             if not head:
                 return True
         if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
-            return self._bad(writer, 400, "bare CR or LF in the request head")
+            return self._bad(conn, 400, "bare CR or LF in the request head")
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ")
         if len(parts) != 3 or not parts[0] or not parts[1]:
-            return self._bad(writer, 400, "malformed request line")
+            return self._bad(conn, 400, "malformed request line")
         method, target, proto = parts
         if proto == b"HTTP/1.1":
             http11 = keep = True
         elif proto == b"HTTP/1.0":
             http11 = keep = False
         elif proto[:5] == b"HTTP/":
-            return self._bad(writer, 505, "only HTTP/1.0 and HTTP/1.1")
+            return self._bad(conn, 505, "only HTTP/1.0 and HTTP/1.1")
         else:
-            return self._bad(writer, 400, "malformed request line")
+            return self._bad(conn, 400, "malformed request line")
         if method == b"CONNECT":
-            return self._bad(writer, 501, "CONNECT is not supported")
+            return self._bad(conn, 501, "CONNECT is not supported")
 
         out = [method + b" " + target + b" HTTP/1.1"]
         length = -1
@@ -683,17 +688,17 @@ class Router:
             line = lines[k]
             i = line.find(b":")
             if i <= 0 or line[0] in (32, 9) or line[i - 1] in (32, 9):
-                return self._bad(writer, 400, "malformed header line")
+                return self._bad(conn, 400, "malformed header line")
             lname = line[:i].lower()
             if lname in _REQ_SPECIAL:
                 value = line[i + 1 :].strip()
                 if lname == b"content-length":
                     if not value.isdigit() or (length != -1 and int(value) != length):
-                        return self._bad(writer, 400, "invalid Content-Length")
+                        return self._bad(conn, 400, "invalid Content-Length")
                     length = int(value)
                 elif lname == b"transfer-encoding":
                     if value.lower() != b"chunked" or chunked:
-                        return self._bad(writer, 501, "only Transfer-Encoding: chunked is supported")
+                        return self._bad(conn, 501, "only Transfer-Encoding: chunked is supported")
                     chunked = True
                 elif lname == b"host":
                     has_host = True
@@ -727,7 +732,7 @@ class Router:
         has_body = chunked or length > 0
         if expect is not None:
             if expect != b"100-continue":
-                return self._bad(writer, 417, "only Expect: 100-continue is supported")
+                return self._bad(conn, 417, "only Expect: 100-continue is supported")
             if has_body:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -920,15 +925,15 @@ class Router:
             if isinstance(e, _ClientGone):
                 pass
             elif isinstance(e, _BadClientBody):
-                self._bad(writer, 400, "malformed chunked request body")
+                self._bad(conn, 400, "malformed chunked request body")
             elif head_sent:
                 self.err_aborted += 1
             elif self._forced:
                 writer.write(_simple_response(503, "503 Service Unavailable: the router is shutting down\n"))
             elif conn.timed_out or isinstance(e, TimeoutError):
-                self._upstream_error(writer, up, 504, "did not answer within %gs" % timeout)
+                self._upstream_error(conn, up, 504, "did not answer within %gs" % timeout)
             else:
-                self._upstream_error(writer, up, 502, _describe(e))
+                self._upstream_error(conn, up, 502, _describe(e))
             return False
 
         conn.up = None
@@ -940,13 +945,14 @@ class Router:
         await writer.drain()
         return keep
 
-    def _upstream_error(self, writer: asyncio.StreamWriter, up: _Upstream, status: int, why: str) -> None:
+    def _upstream_error(self, conn: _Conn, up: _Upstream, status: int, why: str) -> None:
         if up.role == "canary":
             self.err_canary += 1
         else:
             self.err_stable += 1
         text = f"{status} {_REASONS[status]}: {up.role} version {up.version} at {up.host}:{up.port} {why}\n"
-        writer.write(_simple_response(status, text, extra=up.version_line))
+        conn.linger = True
+        conn.writer.write(_simple_response(status, text, extra=up.version_line))
 
     # ----------------------------------------------------------------- admin
 
@@ -1134,6 +1140,27 @@ async def _copy_eof(
 # --------------------------------------------------------------------------- helpers
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Close after an error answer without losing it to a TCP reset.
+
+    Closing a socket with unread input makes the kernel send RST, which can
+    destroy the answer before the client reads it. So: send FIN after the
+    answer, then read and discard what the client still sends (up to 1 s, 1 MiB).
+    """
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(1.0):
+            left = 1 << 20
+            while left > 0:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                left -= len(data)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, RuntimeError):
+        pass
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ConnectionRefusedError):
         return "is unreachable (connection refused)"
@@ -1193,7 +1220,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--upstream-timeout",
         type=float,
         default=DEFAULT_UPSTREAM_TIMEOUT,
-        help="seconds to wait for an upstream (connect, response head, each body read); then 504",
+        help="seconds an upstream may take to connect and answer (then 504), and between two body reads",
     )
     p.add_argument(
         "--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, help="close idle client connections after this"
