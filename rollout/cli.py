@@ -85,7 +85,7 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
 
 def _finish(outcome: Any) -> int:
     stream = sys.stdout
-    mark = {"promoted": "✔", "rolled-back": "✘", "paused": "⏸", "stage-passed": "✔"}.get(outcome.kind, "•")
+    mark = {"promoted": "✔", "rolled-back": "✘", "paused": "⏸", "awaiting-review": "⏸", "stage-passed": "✔"}.get(outcome.kind, "•")
     print(f"{mark} {outcome.kind}: {outcome.message}", file=stream)
     return int(outcome.exit_code)
 
@@ -182,8 +182,14 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any) -> int:
 
 @app.command()
 def approve(plan: PlanArg, state_dir: StateDirOpt = None) -> int:
-    """Let a stage that waits for approval start (then `rollout advance` or `rollout run`)."""
+    """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
     return _simple(plan, state_dir, "approve", lambda e: e.approve())
+
+
+@app.command()
+def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None) -> int:
+    """Say no to a stage awaiting review (or approval): roll back now (exit 1)."""
+    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason))
 
 
 @app.command()

@@ -107,3 +107,12 @@ def test_state_round_trips_through_json() -> None:
     st.record("me", "shift", "x", now=3.0)
     back = from_dict(json.loads(json.dumps(to_dict(st))))
     assert back == st
+
+
+def test_awaiting_review_waits_until_the_deadline_then_times_out(plan) -> None:
+    st = _state(phase=Phase.AWAITING_REVIEW, canary_version="v2", stage_index=1, review_deadline=100.0, reason="uncertain")
+    a = decide(plan, st, now=99.0)
+    assert a.kind is Kind.WAIT_REVIEW and a.stage == 1
+    a = decide(plan, st, now=100.0)
+    assert a.kind is Kind.REVIEW_TIMEOUT and "default action `rollback`" in a.reason
+    assert decide(plan, st, "v3", from_cli=True, now=0.0).kind is Kind.REFUSE

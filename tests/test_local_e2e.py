@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, run_cli, write_plan
 
@@ -299,3 +300,43 @@ def test_a_canary_that_never_gets_healthy_is_an_infrastructure_error(rollout_env
     assert r.returncode == 0, r.stderr
     st = ro.status()
     assert st["live"]["stable"]["alive"] and st["state"]["split"]["weight"] == 0
+
+
+UNDECIDABLE = {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 1000000}}  # never enough evidence
+
+
+def test_uncertain_stage_awaits_review_then_approve_continues(rollout_env: Any) -> None:
+    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "2s"}, {"name": "half", "weight": 50, "duration": "2s", "gates": {"errors": None}}], gates=UNDECIDABLE)
+    r = ro("run", "--version", "v2")
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "awaiting-review" in r.stdout and "rollout approve" in r.stdout and "rollout reject" in r.stdout
+    st = ro.status()["state"]
+    assert st["phase"] == "awaiting-review" and st["stages"][0]["status"] == "needs-review"
+    assert "requests < 1,000,000 needed" in st["reason"] and st["review_deadline"] > time.time()
+    assert st["split"]["weight"] == 0.1  # the canary keeps its share while a person looks
+    assert ro("approve").returncode == 0
+    r = ro("run")
+    assert r.returncode == 0 and "promoted" in r.stdout, r.stdout + r.stderr
+
+
+def test_uncertain_stage_rejected_rolls_back(rollout_env: Any) -> None:
+    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "2s"}], gates=UNDECIDABLE)
+    assert ro("run", "--version", "v2").returncode == 4
+    r = ro("reject", "--reason", "p95 looks off")
+    assert r.returncode == 1, r.stdout + r.stderr
+    st = ro.status()
+    assert st["state"]["phase"] == "rolled-back" and "rejected by pytest: p95 looks off" in st["state"]["reason"]
+    assert st["live"]["canary"] is None and st["live"]["router"]["live"]["weight"] == 0
+
+
+def test_unanswered_review_takes_the_default_after_the_timeout(rollout_env: Any, tmp_path: Path) -> None:
+    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "2s"}], gates=UNDECIDABLE)
+    data = yaml.safe_load(ro.plan.read_text())
+    data["review"] = {"timeout": "1s", "default": "rollback"}
+    ro.plan.write_text(yaml.safe_dump(data))
+    assert ro("run", "--version", "v2").returncode == 4
+    time.sleep(1.5)
+    r = ro("advance")
+    assert r.returncode == 1, r.stdout + r.stderr
+    st = ro.status()["state"]
+    assert st["phase"] == "rolled-back" and "not answered within 1s: default action `rollback`" in st["reason"]

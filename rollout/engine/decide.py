@@ -21,6 +21,8 @@ class Kind(StrEnum):
     FINISH_TRANSITION = "finish-transition"  # re-apply an interrupted traffic change (idempotent)
     START = "start"  # begin a rollout: deploy the canary, no traffic yet
     WAIT_APPROVAL = "wait-approval"  # stop here until `rollout approve`
+    WAIT_REVIEW = "wait-review"  # an uncertain stage waits for `rollout approve` / `rollout reject`
+    REVIEW_TIMEOUT = "review-timeout"  # nobody answered in time: the plan's default action
     RUN_STAGE = "run-stage"  # shift to the stage's split, load, judge
     PROMOTE = "promote"  # every stage passed: the canary becomes stable
     DONE = "done"  # nothing to do
@@ -43,8 +45,9 @@ def stage_split(plan: Plan, index: int) -> Split:
     return Split(weight=stage.weight or 0.0, cohort=cohort)
 
 
-def decide(plan: Plan, state: State, requested_version: str | None = None, from_cli: bool = False) -> Action:
-    """What to do next. `requested_version` comes from the command line (from_cli) or the plan."""
+def decide(plan: Plan, state: State, requested_version: str | None = None, from_cli: bool = False, now: float = 0.0) -> Action:
+    """What to do next. `requested_version` comes from the command line (from_cli) or the plan;
+    `now` (the caller's clock) decides whether a review has timed out."""
     if state.transition is not None:
         t = state.transition
         return Action(Kind.FINISH_TRANSITION, split=t.to, reason=f"an interrupted `{t.action}` (started by {t.by}) must be finished first")
@@ -57,6 +60,11 @@ def decide(plan: Plan, state: State, requested_version: str | None = None, from_
                 version=requested_version,
                 reason=f"a rollout of {state.canary_version} is in progress (stage {min(state.stage_index + 1, n)}/{n})",
             )
+        if state.phase is Phase.AWAITING_REVIEW:
+            deadline = state.review_deadline
+            if deadline is not None and now >= deadline:
+                return Action(Kind.REVIEW_TIMEOUT, stage=state.stage_index, reason=f"the review was not answered within {plan.review.timeout:g}s: default action `{plan.review.default}`")
+            return Action(Kind.WAIT_REVIEW, stage=state.stage_index, reason=state.reason)
         if state.stage_index >= n:
             return Action(Kind.PROMOTE, version=state.canary_version, reason=f"all {n} stages passed")
         i = state.stage_index

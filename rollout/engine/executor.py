@@ -105,7 +105,7 @@ class Engine:
         self.save()
         stages_run = 0
         while True:
-            action = decide(self.plan, self.state, version, from_cli)
+            action = decide(self.plan, self.state, version, from_cli, now=self.clock())
             if action.kind is Kind.REFUSE:
                 raise UsageError(action.reason, "finish it (`rollout run`), or stop it first with `rollout abort` or `rollout revert`")
             if action.kind is Kind.DONE:
@@ -120,15 +120,22 @@ class Engine:
                 if one_stage and stages_run:
                     return Outcome("stage-passed", f"stage passed; {action.reason}: `rollout approve {self.loaded.path.name}`")
                 return Outcome("paused", f"{action.reason}: run `rollout approve`, then `rollout advance` or `rollout run`", EXIT_PAUSED)
+            elif action.kind is Kind.WAIT_REVIEW:
+                return Outcome("awaiting-review", self._review_hint(), EXIT_PAUSED)
+            elif action.kind is Kind.REVIEW_TIMEOUT:
+                if not self._review_timeout(action.reason):
+                    return Outcome("rolled-back", self.state.reason, EXIT_GATE_FAILED)
             elif action.kind is Kind.RUN_STAGE:
                 if one_stage and stages_run:
                     nxt = self.plan.stages[self.state.stage_index]
                     return Outcome("stage-passed", f"stage {self.state.stage_index} passed; next: stage {self.state.stage_index + 1} `{nxt.name}` (`rollout advance`)")
                 assert action.stage is not None
-                passed = self._run_stage(action.stage)
+                result = self._run_stage(action.stage)
                 stages_run += 1
-                if not passed:
+                if result == "failed":
                     return Outcome("rolled-back", self.state.reason, EXIT_GATE_FAILED)
+                if result == "review":
+                    return Outcome("awaiting-review", self._review_hint(), EXIT_PAUSED)
             elif action.kind is Kind.PROMOTE:
                 self._promote()
                 return Outcome("promoted", f"{self.state.stable_version} promoted: it serves all traffic")
@@ -166,7 +173,34 @@ class Engine:
         self._audit("shift", f"traffic: {split.describe()} ({why})")
         self.save()
 
-    def _run_stage(self, i: int) -> bool:
+    def _review_hint(self) -> str:
+        st = self.state
+        left = max(0.0, (st.review_deadline or 0.0) - self.clock())
+        return (f"{st.reason} — `rollout approve` continues, `rollout reject` rolls back; "
+                f"unanswered, `{self.plan.review.default}` applies in {left:,.0f}s (at the next command)")
+
+    def _review_timeout(self, reason: str) -> bool:
+        """The plan's default for an unanswered review; True when the rollout goes on."""
+        if self.plan.review.default == "continue":
+            self._accept_stage(f"review timed out: {reason}")
+            return True
+        self._rollback("rollback", f"stage {self.state.stage_index + 1} `{self.plan.stages[self.state.stage_index].name}`: {reason}")
+        return False
+
+    def _accept_stage(self, why: str) -> None:
+        st = self.state
+        rec = st.current_stage()
+        if rec is not None:
+            rec.status = StageStatus.PASSED
+            rec.reason = f"{rec.reason}; {why}" if rec.reason else why
+        st.stage_index += 1
+        st.phase = Phase.PROGRESSING
+        st.review_deadline = None
+        st.reason = why
+        self._audit("review-accepted", why)
+        self.save()
+
+    def _run_stage(self, i: int) -> str:
         st, stage = self.state, self.plan.stages[i]
         n = len(self.plan.stages)
         split = stage_split(self.plan, i)
@@ -180,13 +214,14 @@ class Engine:
         self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
         self.save()
 
-        judge = StageJudge(self.plan.stage_gates(i))
+        gates = self.plan.stage_gates(i)
+        judge = StageJudge(gates)
         failing: list[Verdict] = []
 
         def on_tick(stats: StageStats) -> bool:
             verdicts = judge.judge(stats, final=False)
             self.out.progress(stage, i, n, stats, verdicts, stage.duration)
-            bad = [v for v in verdicts if v.status is Status.FAIL]
+            bad = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
             if bad:
                 failing.extend(bad)
                 return True
@@ -217,21 +252,32 @@ class Engine:
         rec.verdicts = [v.as_dict() for v in verdicts]
         rec.stats = stats.summary()
         rec.ended_at = self.clock()
-        blocking = [v for v in verdicts if v.status in (Status.FAIL, Status.INCONCLUSIVE)]
-        if blocking:
+        critical = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
+        uncertain = [v for v in verdicts if v.status is Status.INCONCLUSIVE or (v.status is Status.FAIL and not gates[v.gate].critical)]
+        if critical:
             rec.status = StageStatus.FAILED
-            rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in blocking)
+            rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in critical)
             self.out.stage_done(rec)
             self.save()
             self._rollback("rollback", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}")
-            return False
+            return "failed"
+        if uncertain:
+            rec.status = StageStatus.REVIEW
+            rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in uncertain)
+            st.phase = Phase.AWAITING_REVIEW
+            st.review_deadline = self.clock() + self.plan.review.timeout
+            st.reason = f"stage {i + 1}/{n} `{stage.name}` is uncertain, a person must decide: {rec.reason}"
+            self.out.stage_done(rec)
+            self._audit("awaiting-review", st.reason + f" (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
+            self.save()
+            return "review"
         rec.status = StageStatus.PASSED
         rec.reason = "all gates passed" if verdicts else "no gates: passed on completion"
         st.stage_index = i + 1
         self.out.stage_done(rec)
         self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)
         self.save()
-        return True
+        return "passed"
 
     def _load_spec(self, i: int) -> Any:
         from rollout.load.runner import LoadSpec  # only commands that run load import locust
@@ -343,7 +389,11 @@ class Engine:
 
     def approve(self) -> Outcome:
         st = self.state
-        action = decide(self.plan, st)
+        if st.phase is Phase.AWAITING_REVIEW:
+            name = self.plan.stages[st.stage_index].name
+            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}")
+            return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
+        action = decide(self.plan, st, now=self.clock())
         if action.kind is not Kind.WAIT_APPROVAL or action.stage is None:
             raise UsageError(f"nothing is waiting for approval ({st.phase.value}: {st.reason or 'no rollout in progress'})", "see `rollout status`")
         st.approved.append(action.stage)
@@ -352,6 +402,16 @@ class Engine:
         self._audit("approve", st.reason)
         self.save()
         return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
+
+    def reject(self, reason: str) -> Outcome:
+        """A person says no: a stage under review (or waiting for approval) rolls back."""
+        st = self.state
+        if st.phase not in (Phase.AWAITING_REVIEW, Phase.PAUSED):
+            raise UsageError(f"nothing is waiting for a decision ({st.phase.value}: {st.reason or 'no rollout in progress'})",
+                             "`rollout abort` stops a rollout in progress; see `rollout status`")
+        name = self.plan.stages[min(st.stage_index, len(self.plan.stages) - 1)].name
+        self._rollback("rollback", f"stage {st.stage_index + 1} `{name}` rejected by {self.who}" + (f": {reason}" if reason else ""))
+        return Outcome("rolled-back", f"rejected: all traffic on {st.stable_version}, canary stopped", EXIT_GATE_FAILED)
 
     def abort(self, reason: str) -> Outcome:
         st = self.state

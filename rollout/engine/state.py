@@ -28,13 +28,14 @@ class Phase(StrEnum):
     IDLE = "idle"  # nothing being rolled out; stable serves everyone
     PROGRESSING = "progressing"  # a rollout is between or inside stages
     PAUSED = "paused"  # waiting for `rollout approve` before stage_index
+    AWAITING_REVIEW = "awaiting-review"  # stage_index ended uncertain: a person approves or rejects
     PROMOTED = "promoted"  # the canary became stable
     ROLLED_BACK = "rolled-back"  # a gate failed (or revert): all traffic on stable, canary stopped
     ABORTED = "aborted"  # stopped by a person: all traffic on stable, canary stopped
 
     @property
     def active(self) -> bool:
-        return self in (Phase.PROGRESSING, Phase.PAUSED)
+        return self in (Phase.PROGRESSING, Phase.PAUSED, Phase.AWAITING_REVIEW)
 
 
 class StageStatus(StrEnum):
@@ -42,6 +43,7 @@ class StageStatus(StrEnum):
     PASSED = "passed"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+    REVIEW = "needs-review"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class State:
     approved: list[int] = field(default_factory=list)
     stages: list[StageRecord] = field(default_factory=list)
     reason: str = ""  # why the phase is what it is
+    review_deadline: float | None = None  # awaiting-review: when the plan's default action applies
     started_at: float | None = None
     updated_at: float = 0.0
     history: list[AuditEntry] = field(default_factory=list)
@@ -241,6 +244,7 @@ def from_dict(d: dict[str, Any]) -> State:
             for s in d.get("stages", [])
         ],
         reason=d.get("reason", ""),
+        review_deadline=d.get("review_deadline"),
         started_at=d.get("started_at"),
         updated_at=d.get("updated_at", 0.0),
         history=[AuditEntry(**h) for h in d.get("history", [])],

@@ -111,7 +111,61 @@ class LocalTarget(Strict):
     port: int = Field(0, ge=0, le=65535, description="router port on 127.0.0.1 (0: a free port, kept across commands)")
 
 
-Target = Annotated[Union[LocalTarget], Field(discriminator="backend")]
+class KubernetesVersion(Strict):
+    """One version as container images: `image` for a one-container pod, or `images` by container name."""
+
+    image: str | None = Field(None, min_length=1, description="the image of the pod's only container")
+    images: dict[str, str] = Field(default_factory=dict, description="container name -> image (pods with several containers)")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> KubernetesVersion:
+        if (self.image is None) == (not self.images):
+            raise ValueError("either `image` (one container) or `images` (container name -> image)")
+        return self
+
+
+class KubernetesPair(Strict):
+    """The stable and the canary object of one kind (Deployments or Services), by name."""
+
+    stable: str = Field(pattern=NAME_RE)
+    canary: str = Field(pattern=NAME_RE)
+
+
+class KubernetesTarget(Strict):
+    """A cluster: two Deployments (stable, canary) and a traffic router in one namespace."""
+
+    backend: Literal["kubernetes"]
+    versions: dict[str, KubernetesVersion] = Field(min_length=1)
+    stable: str = Field(description="the version serving users before the first rollout (known good)")
+    canary: str | None = Field(None, description="the version to roll out (or `--version` on the command line)")
+    kubeconfig: str | None = Field(None, description="kubeconfig path (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    context: str | None = Field(None, description="kubeconfig context (default: the current one)")
+    namespace: str | None = Field(None, pattern=NAME_RE, description="default: the context's namespace, else `default`")
+    deployments: KubernetesPair = Field(description="the stable and canary Deployments (created beforehand, see manifests/)")
+    router: Literal["replicas", "gateway-api", "nginx"] = Field(
+        description="replicas: one Service over both Deployments, split by pod counts; "
+        "gateway-api: weights on an HTTPRoute; nginx: a canary Ingress's annotations"
+    )
+    services: KubernetesPair | None = Field(None, description="stable and canary Services (gateway-api backendRefs)")
+    httproute: str | None = Field(None, pattern=NAME_RE, description="the HTTPRoute to drive (gateway-api)")
+    ingress: str | None = Field(None, pattern=NAME_RE, description="the canary Ingress to annotate (nginx)")
+    port: int = Field(80, ge=1, le=65535, description="the Services' port (HTTPRoute backendRefs)")
+    replicas: int | None = Field(None, ge=1, description="replicas router: total pods (default: the stable Deployment's)")
+    canary_replicas: int = Field(1, ge=1, description="gateway-api / nginx: pods of the canary Deployment")
+    progress_deadline: Duration = Field(300.0, description="how long a Deployment may take to become ready")
+    entry_url: str | None = Field(None, description="where users' traffic enters (default: load.host)")
+    canary_url: str | None = Field(None, description="the canary alone, for `load_to: canary` stages")
+
+    @model_validator(mode="after")
+    def _router_fields(self) -> KubernetesTarget:
+        if self.router == "gateway-api" and (self.httproute is None or self.services is None):
+            raise ValueError("`httproute` and `services` with router gateway-api")
+        if self.router == "nginx" and self.ingress is None:
+            raise ValueError("`ingress` (the canary Ingress, pointing at the canary Service) with router nginx")
+        return self
+
+
+Target = Annotated[Union[LocalTarget, KubernetesTarget], Field(discriminator="backend")]
 
 
 class Load(Strict):
@@ -146,6 +200,9 @@ class Gate(Strict):
         "error_rate at most this many points above stable's",
     )
     min_requests: int = Field(100, ge=1, description="requests per version before the gate may judge")
+    critical: bool = Field(
+        True, description="a failing critical gate rolls back at once; a failing non-critical one asks a person (awaiting-review)"
+    )
     method: Literal["threshold", "sequential"] = Field(
         "threshold",
         description="with compare: `threshold` compares the stage's cumulative numbers each second; "
@@ -227,6 +284,15 @@ class Stage(Strict):
         return self
 
 
+class Review(Strict):
+    """What happens when the evidence is uncertain: a person decides, within a time limit."""
+
+    timeout: Duration = Field(3600.0, description="how long a review may stay unanswered")
+    default: Literal["rollback", "continue"] = Field(
+        "rollback", description="what an unanswered review does after the timeout"
+    )
+
+
 class Plan(Strict):
     """A staged rollout of one service."""
 
@@ -236,6 +302,7 @@ class Plan(Strict):
     target: Target
     load: Load
     gates: dict[str, Gate] = Field(default_factory=dict, description="gates for every stage")
+    review: Review = Field(default_factory=Review, description="inconclusive stages wait for `rollout approve` / `rollout reject`")
     stages: list[Stage] = Field(min_length=1)
 
     def stage_gates(self, index: int) -> dict[str, Gate]:
