@@ -24,6 +24,10 @@ def make(loaded: LoadedPlan, state_dir_override: str | None = None) -> tuple[Any
 
         d = state_dir(loaded, state_dir_override)
         return LocalBackend(loaded, d), LocalStore(d)
+    if loaded.plan.target.backend == "kubernetes":
+        from rollout.backends.kubernetes import wiring
+
+        return wiring.make(loaded)
     raise NotImplementedError(loaded.plan.target.backend)
 
 
@@ -33,4 +37,8 @@ def make_store(loaded: LoadedPlan, state_dir_override: str | None = None) -> Any
         from rollout.backends.local.store import LocalStore
 
         return LocalStore(state_dir(loaded, state_dir_override))
+    if loaded.plan.target.backend == "kubernetes":
+        from rollout.backends.kubernetes import wiring
+
+        return wiring.make_store(loaded)
     raise NotImplementedError(loaded.plan.target.backend)

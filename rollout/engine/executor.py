@@ -442,6 +442,6 @@ class Engine:
         if st.phase.active or st.transition is not None:
             self._rollback("abort", f"stopped by {self.who} with `rollout down`")
         self.backend.down(st)
-        self._audit("down", "all local processes stopped")
+        self._audit("down", f"everything the {self.backend.name} backend started is stopped")
         self.save()
         return Outcome("down", "stopped the router and every version")

@@ -246,7 +246,7 @@ def issues_from_validation(err: ValidationError, file: str, lines: dict[Loc, int
         elif kind == "union_tag_invalid" or kind == "literal_error":
             expected = msg.replace("Input should be", "one of").replace("Input tag", "backend")
         elif kind == "union_tag_not_found":
-            expected = "a `backend` field (local)"
+            expected = "a `backend` field (local or kubernetes)"
         elif kind == "string_pattern_mismatch":
             last = loc[-1] if loc else ""
             desc = model.model_fields[last].description if model is not None and isinstance(last, str) and last in model.model_fields else None
@@ -289,7 +289,7 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
         issues.append(PlanIssue(file, _line_for(loc, lines), path_str(loc), found, expected))
 
     target = _get(data, "target")
-    if _get(target, "backend") == "local":
+    if _get(target, "backend") in ("local", "kubernetes"):
         versions = _get(target, "versions")
         vnames = sorted(str(v) for v in versions) if isinstance(versions, dict) else []
         names = ", ".join(vnames)
@@ -300,12 +300,31 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
             add(("target", "canary"), repr(canary), f"one of the versions: {names}")
         if isinstance(canary, str) and canary == stable:
             add(("target", "canary"), repr(canary), "a version other than the stable one")
-        for vname in vnames:
+    if _get(target, "backend") == "local":
+        versions = _get(target, "versions")
+        for vname in sorted(str(v) for v in versions) if isinstance(versions, dict) else []:
             health = _get(versions, vname, "health")
             if isinstance(health, str) and not health.startswith("/"):
                 add(("target", "versions", vname, "health"), repr(health), "a path starting with /")
         if _get(data, "load", "host") is not None:
             add(("load", "host"), repr(_get(data, "load", "host")), "no host with the local backend (its router is the entry point)")
+    if _get(target, "backend") == "kubernetes":
+        if isinstance(_get(target, "deployments", "stable"), str) and _get(target, "deployments", "stable") == _get(target, "deployments", "canary"):
+            add(("target", "deployments", "canary"), repr(_get(target, "deployments", "canary")), "a Deployment other than the stable one")
+        k8s_stages = _get(data, "stages")
+        for i, stage in enumerate(k8s_stages if isinstance(k8s_stages, list) else []):
+            if not isinstance(stage, dict):
+                continue
+            if _get(target, "router") == "replicas" and stage.get("cohort") is not None:
+                add(("stages", i, "cohort"), "a cohort", "no cohort with router `replicas` (one Service, no header routing): "
+                    "use router gateway-api or nginx")
+            if stage.get("load_to") == "canary":
+                if _get(target, "router") == "replicas":
+                    add(("stages", i, "load_to"), "'canary'", "no `load_to: canary` with router `replicas` (any canary pod serves users)")
+                elif _get(target, "canary_url") is None:
+                    add(("stages", i, "load_to"), "'canary'", "a `target.canary_url` (where the canary alone answers) for `load_to: canary`")
+            elif _get(target, "entry_url") is None and _get(data, "load", "host") is None:
+                add(("stages", i, "name"), repr(stage.get("name")), "`target.entry_url` or `load.host` (where users' traffic enters)")
 
     locustfile = _get(data, "load", "locustfile")
     if isinstance(locustfile, str) and locustfile:

@@ -1,0 +1,374 @@
+"""The Kubernetes backend: two Deployments (stable, canary) and one of three traffic routers.
+
+The objects are the user's (created beforehand, see manifests/); this backend
+only changes what a rollout changes: the canary Deployment's images and
+replicas, the router (pod counts, HTTPRoute rules or canary-Ingress
+annotations) and, at promotion, the stable Deployment's pod template.
+
+Versions are images: `target.versions: {v2: {image: registry/app:2.0}}` sets
+the pod's only container, `{images: {app: ..., sidecar: ...}}` sets several by
+name (strategic merge patch, so other containers and fields stay).
+
+Runtime facts in `state.backend`:
+    {"canary": {"version", "deployment"} | None, "total": int (replicas router),
+     "note": str | None (a weight the pod count cannot express)}
+Every change in the cluster is followed by `checkpoint()`. Each step waits
+until it has taken effect: Deployments until observedGeneration ≥ generation
+and updated == available == spec.replicas (a new ReplicaSet whose pods never
+become ready fails with the Deployment's conditions, within
+`target.progress_deadline`), routers until a read-back says the split is live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rollout.backends.kubernetes import routers
+from rollout.backends.kubernetes.client import DEPLOYMENTS, EVENTS, HTTPROUTES, INGRESSES, MERGE_PATCH, Conflict, Kube
+from rollout.backends.kubernetes.store import micro_time
+from rollout.engine.state import ALL_STABLE, Split, State
+from rollout.errors import BackendError, RolloutError
+from rollout.plan.loader import LoadedPlan
+from rollout.plan.model import KubernetesTarget
+
+STRATEGIC = "application/strategic-merge-patch+json"
+VERSION_ANNOTATION = "rollout.dev/version"
+GW = ("gateway.networking.k8s.io", "v1")
+REVERT_HINT = "`rollout revert` puts all traffic back on stable"
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+
+    def __init__(self, loaded: LoadedPlan, kube: Kube, poll: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
+        assert isinstance(loaded.plan.target, KubernetesTarget)
+        self.loaded = loaded
+        self.target: KubernetesTarget = loaded.plan.target
+        self.kube = kube
+        self.ns = kube.namespace
+        self.poll = poll
+        self.sleep = sleep
+        self.checkpoint: Callable[[], None] = lambda: None
+
+    # -- Deployments -------------------------------------------------------
+
+    def _get(self, name: str) -> dict[str, Any]:
+        return self.kube.call("get", DEPLOYMENTS, name, self.kube.apps.read_namespaced_deployment, name, self.ns)
+
+    def _patch(self, name: str, body: dict[str, Any], content_type: str = STRATEGIC) -> dict[str, Any]:
+        return self.kube.call("patch", DEPLOYMENTS, name, self.kube.apps.patch_namespaced_deployment, name, self.ns,
+                              body, _content_type=content_type)
+
+    @staticmethod
+    def _containers(dep: dict[str, Any]) -> list[dict[str, Any]]:
+        return ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+
+    def images_for(self, version: str, dep: dict[str, Any]) -> dict[str, str]:
+        """container name -> image for `version` in Deployment `dep`."""
+        spec = self.target.versions.get(version)
+        name = dep["metadata"]["name"]
+        if spec is None:
+            raise BackendError(f"version {version} is not in the plan's target.versions ({', '.join(self.target.versions)})",
+                               "add it to the plan or name one of those")
+        names = [c["name"] for c in self._containers(dep)]
+        if spec.image is not None:
+            if len(names) != 1:
+                raise BackendError(f"version {version} gives one `image`, but Deployment {self.ns}/{name} has containers {', '.join(names)}",
+                                   "give `images:` with a container name for each image")
+            return {names[0]: spec.image}
+        unknown = sorted(set(spec.images) - set(names))
+        if unknown:
+            raise BackendError(f"version {version} names containers {', '.join(unknown)} that Deployment {self.ns}/{name} does not have ({', '.join(names)})",
+                               "fix target.versions in the plan")
+        return dict(spec.images)
+
+    def _has_images(self, dep: dict[str, Any], images: dict[str, str]) -> bool:
+        current = {c["name"]: c.get("image") for c in self._containers(dep)}
+        return all(current.get(c) == i for c, i in images.items())
+
+    def _set_version(self, name: str, version: str, replicas: int | None) -> dict[str, Any]:
+        dep = self._get(name)
+        images = self.images_for(version, dep)
+        body: dict[str, Any] = {"metadata": {"annotations": {VERSION_ANNOTATION: version}},
+                                "spec": {"template": {"spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]}}}}
+        if replicas is not None:
+            body["spec"]["replicas"] = replicas
+        if self._has_images(dep, images) and (replicas is None or dep["spec"].get("replicas") == replicas):
+            return dep
+        out = self._patch(name, body)
+        self.checkpoint()
+        return out
+
+    def _scale(self, name: str, replicas: int) -> None:
+        dep = self._get(name)
+        if dep["spec"].get("replicas", 1) != replicas:
+            self._patch(name, {"spec": {"replicas": replicas}}, MERGE_PATCH)
+            self.checkpoint()
+
+    def wait_ready(self, name: str) -> dict[str, Any]:
+        """Until the Deployment's controller has seen the latest spec and every wanted pod is updated and available."""
+        deadline = time.monotonic() + self.target.progress_deadline
+        while True:
+            dep = self._get(name)
+            want = int(dep["spec"].get("replicas", 1))
+            st = dep.get("status") or {}
+            conds = {c.get("type"): c for c in st.get("conditions") or []}
+            observed = int(st.get("observedGeneration", 0)) >= int(dep["metadata"].get("generation", 1))
+            counts = (int(st.get("updatedReplicas", 0)), int(st.get("availableReplicas", 0)), int(st.get("replicas", 0)))
+            if observed and counts == (want, want, want):
+                return dep
+            # a condition from before the controller saw this generation says nothing about it
+            stuck = observed and (conds.get("Progressing") or {}).get("reason") == "ProgressDeadlineExceeded"
+            if stuck or time.monotonic() >= deadline:
+                described = "; ".join(f"{t}={c.get('status')} ({c.get('reason')}: {c.get('message', '')})" for t, c in conds.items()) or "no conditions yet"
+                when = "before its progressDeadlineSeconds" if stuck else f"within {self.target.progress_deadline:g}s"
+                raise BackendError(
+                    f"Deployment {self.ns}/{name} did not become ready {when}: "
+                    f"{counts[0]}/{want} updated, {counts[1]}/{want} available; {described}",
+                    f"see `kubectl -n {self.ns} describe deployment {name}` and its pods' events; {REVERT_HINT}")
+            self.sleep(self.poll)
+
+    def _event(self, reason: str, message: str, warning: bool = False) -> None:
+        """A Kubernetes Event on the canary Deployment, for `kubectl describe`; best effort (RBAC may lack it)."""
+        name = self.target.deployments.canary
+        now = micro_time()
+        body = {"metadata": {"generateName": f"{name}.rollout-"},
+                "involvedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "namespace": self.ns},
+                "reason": reason, "message": message, "type": "Warning" if warning else "Normal",
+                "source": {"component": "rollout"}, "reportingComponent": "rollout", "reportingInstance": "rollout",
+                "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+        try:
+            self.kube.call("create", EVENTS, None, self.kube.core.create_namespaced_event, self.ns, body)
+        except (RolloutError, Conflict):
+            pass
+
+    # -- routers -----------------------------------------------------------
+
+    def _total(self, state: State) -> int:
+        if "total" not in state.backend:
+            state.backend["total"] = self.target.replicas or int(self._get(self.target.deployments.stable)["spec"].get("replicas", 1))
+            self.checkpoint()
+        return int(state.backend["total"])
+
+    def _route_backends(self, state: State, canary: bool) -> routers.RouteBackends:
+        assert self.target.services is not None
+        rec = state.backend.get("canary") if canary else None
+        return routers.RouteBackends(self.target.services.stable, self.target.services.canary, self.target.port,
+                                     self.loaded.plan.load.version_header, state.stable_version,
+                                     rec["version"] if rec else None)
+
+    def _route(self, state: State, split: Split, canary: bool) -> None:
+        """Make traffic follow `split` (all on stable when there is no `canary`), and read it back."""
+        want = split if canary else ALL_STABLE
+        if self.target.router == "replicas":
+            self._route_replicas(state, want)
+        elif self.target.router == "gateway-api":
+            self._route_gateway(state, want, canary)
+        else:
+            self._route_nginx(want, canary)
+
+    def _route_replicas(self, state: State, split: Split) -> None:
+        if split.cohort:
+            raise BackendError("the replicas router cannot send a cohort to the canary (one Service, no header routing)",
+                               "use router gateway-api or nginx, or remove the stage's cohort")
+        rs = routers.replica_counts(self._total(state), split.weight)
+        if state.backend.get("note") != rs.note:
+            state.backend["note"] = rs.note
+            self.checkpoint()
+        d = self.target.deployments
+        # grow before shrinking, so capacity never dips below the total
+        order = [(d.canary, rs.canary), (d.stable, rs.stable)]
+        if rs.canary < int(self._get(d.canary)["spec"].get("replicas", 0)):
+            order.reverse()
+        for name, n in order:
+            self._scale(name, n)
+            self.wait_ready(name)
+
+    def _route_gateway(self, state: State, split: Split, canary: bool) -> None:
+        b = self._route_backends(state, canary)
+        name = self.target.httproute
+        assert name is not None
+        get = lambda: self.kube.call("get", HTTPROUTES, name, self.kube.custom.get_namespaced_custom_object, *GW, self.ns, "httproutes", name)  # noqa: E731
+        for _ in range(5):
+            route = get()
+            try:
+                rules = routers.httproute_rules((route.get("spec") or {}).get("rules") or [], b, split)
+            except ValueError as exc:
+                raise BackendError(f"HTTPRoute {self.ns}/{name}: {exc}", "add a rule with a backendRef to the stable Service") from None
+            if rules == (route.get("spec") or {}).get("rules"):
+                break
+            # merge patch (CRs refuse strategic merge), whole `rules` list, guarded by resourceVersion
+            body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"]}, "spec": {"rules": rules}}
+            try:
+                self.kube.call("patch", HTTPROUTES, name, self.kube.custom.patch_namespaced_custom_object, *GW, self.ns,
+                               "httproutes", name, body, _content_type=MERGE_PATCH)
+                self.checkpoint()
+                break
+            except Conflict:
+                continue
+        else:
+            raise BackendError(f"HTTPRoute {self.ns}/{name} kept changing while the split was applied", "run the command again")
+        live = get()
+        if not routers.httproute_live(live, b).matches(split):
+            raise BackendError(f"HTTPRoute {self.ns}/{name} does not route {split.describe()} after the patch", REVERT_HINT)
+        rejected = routers.httproute_rejection(live)
+        if rejected:
+            raise BackendError(f"HTTPRoute {self.ns}/{name} was not accepted: {rejected}", f"fix the route or its Services; {REVERT_HINT}")
+
+    def _route_nginx(self, split: Split, canary: bool) -> None:
+        name = self.target.ingress
+        assert name is not None
+        get = lambda: self.kube.call("get", INGRESSES, name, self.kube.net.read_namespaced_ingress, name, self.ns)  # noqa: E731
+        want = routers.nginx_annotations(split, canary)
+        current = (get()["metadata"].get("annotations")) or {}
+        if any(current.get(k) != v for k, v in want.items()):
+            self.kube.call("patch", INGRESSES, name, self.kube.net.patch_namespaced_ingress, name, self.ns,
+                           {"metadata": {"annotations": want}}, _content_type=MERGE_PATCH)
+            self.checkpoint()
+        if not routers.nginx_live(get()).matches(split):
+            raise BackendError(f"Ingress {self.ns}/{name} does not route {split.describe()} after the patch", REVERT_HINT)
+
+    # -- Backend protocol --------------------------------------------------
+
+    def ensure(self, state: State, canary: bool = True) -> None:
+        d = self.target.deployments
+        stable = self._get(d.stable)
+        if not self._has_images(stable, self.images_for(state.stable_version, stable)):
+            # e.g. a promotion abandoned halfway: the stable Deployment must run the known-good version
+            self._set_version(d.stable, state.stable_version, None)
+            self.wait_ready(d.stable)
+        if self.target.router == "replicas":
+            self._total(state)
+        if not canary:
+            return  # a rollback follows at once (split to stable, canary stopped): nothing of the canary may block it
+        rec = state.backend.get("canary")
+        if rec and state.phase.active and state.canary_version:
+            dep = self._get(d.canary)
+            if rec["version"] != state.canary_version or not self._has_images(dep, self.images_for(state.canary_version, dep)):
+                self.deploy_canary(state, state.canary_version)
+            self._route(state, state.split, canary=True)
+        else:
+            self._route(state, ALL_STABLE, canary=False)
+
+    def deploy_canary(self, state: State, version: str) -> None:
+        d = self.target.deployments
+        rec = state.backend.get("canary")
+        if rec and rec["version"] != version:
+            self._route(state, ALL_STABLE, canary=False)  # the old canary must serve nobody while it changes
+        # the replicas router gets the canary's pods at the first shift: any pod of it serves users
+        replicas = 0 if self.target.router == "replicas" else self.target.canary_replicas
+        state.backend["canary"] = {"version": version, "deployment": d.canary}
+        self.checkpoint()
+        self._set_version(d.canary, version, replicas)
+        self._event("CanaryDeploying", f"rollout: deploying {version} as the canary ({replicas} pods)")
+        try:
+            self.wait_ready(d.canary)
+        except BackendError as exc:
+            self._event("CanaryNotReady", exc.what, warning=True)
+            raise
+        self._event("CanaryReady", f"rollout: canary {version} is ready, serving no users yet")
+
+    def apply_split(self, state: State, split: Split) -> None:
+        self._route(state, split, canary=state.backend.get("canary") is not None)
+        self._event("TrafficShifted", f"rollout: {split.describe()}")
+
+    def stop_canary(self, state: State) -> None:
+        d = self.target.deployments
+        if state.backend.get("canary") is None and int(self._get(d.canary)["spec"].get("replicas", 0)) == 0:
+            return
+        self._route(state, ALL_STABLE, canary=False)
+        self._scale(d.canary, 0)
+        self.wait_ready(d.canary)
+        state.backend["canary"] = None
+        self.checkpoint()
+        self._event("CanaryStopped", "rollout: canary scaled to 0, all traffic on stable")
+
+    def promote(self, state: State) -> None:
+        d = self.target.deployments
+        rec = state.backend.get("canary")
+        version = state.canary_version
+        stable = self._get(d.stable)
+        if rec is None:
+            if version and self._has_images(stable, self.images_for(version, stable)):
+                return  # already promoted (a killed command is finishing)
+            raise BackendError(f"cannot promote: no canary of {version} is deployed", "run `rollout revert`, then roll it out again")
+        for _ in range(5):  # the stable Deployment gets the canary's pod template (its own labels: the selector is immutable)
+            canary, stable = self._get(d.canary), self._get(d.stable)
+            template = stable["spec"]["template"]
+            ctemplate = canary["spec"]["template"]
+            new_template = {"metadata": {**(template.get("metadata") or {}),
+                                         "annotations": {**((template.get("metadata") or {}).get("annotations") or {}),
+                                                         **((ctemplate.get("metadata") or {}).get("annotations") or {})}},
+                            "spec": ctemplate["spec"]}
+            if new_template == template:
+                break
+            stable["spec"]["template"] = new_template
+            stable["metadata"].setdefault("annotations", {})[VERSION_ANNOTATION] = rec["version"]
+            try:
+                self.kube.call("update", DEPLOYMENTS, d.stable, self.kube.apps.replace_namespaced_deployment, d.stable, self.ns, stable)
+                self.checkpoint()
+                break
+            except Conflict:
+                continue
+        else:
+            raise BackendError(f"Deployment {self.ns}/{d.stable} kept changing during the promotion", "run the command again")
+        if self.target.router == "replicas":
+            self._scale(d.stable, self._total(state))
+        self.wait_ready(d.stable)
+        self._route(state, ALL_STABLE, canary=False)
+        self._scale(d.canary, 0)
+        self.wait_ready(d.canary)
+        state.backend["canary"] = None
+        self.checkpoint()
+        self._event("Promoted", f"rollout: {rec['version']} promoted: Deployment {d.stable} runs it and serves all traffic")
+
+    def entry_url(self, state: State) -> str:
+        url = self.target.entry_url or self.loaded.plan.load.host
+        if not url:
+            raise BackendError("the plan gives no entry point for the load", "set target.entry_url (or load.host) to where users' traffic enters")
+        return url
+
+    def canary_url(self, state: State) -> str:
+        if not self.target.canary_url:
+            raise BackendError("the plan gives no URL for the canary alone (a `load_to: canary` stage needs one)",
+                               "set target.canary_url, e.g. the canary Service's address")
+        return self.target.canary_url
+
+    def inspect(self, state: State) -> dict[str, Any]:
+        """Live facts for `status -o json`: {"deployments": {role: ...}, "traffic": {router, weight, cohort, note}}.
+
+        (Keys differ from the local backend's stable/canary/router on purpose: those are process records.)"""
+        deployments: dict[str, Any] = {}
+        for role, name in (("stable", self.target.deployments.stable), ("canary", self.target.deployments.canary)):
+            try:
+                dep = self._get(name)
+                st = dep.get("status") or {}
+                deployments[role] = {"deployment": name, "images": {c["name"]: c.get("image") for c in self._containers(dep)},
+                                     "replicas": dep["spec"].get("replicas", 1), "available": st.get("availableReplicas", 0)}
+            except BackendError as exc:
+                deployments[role] = {"deployment": name, "error": exc.what}
+        traffic: dict[str, Any] = {"router": self.target.router, "note": state.backend.get("note")}
+        try:
+            if self.target.router == "gateway-api":
+                assert self.target.httproute is not None
+                route = self.kube.call("get", HTTPROUTES, self.target.httproute, self.kube.custom.get_namespaced_custom_object,
+                                       *GW, self.ns, "httproutes", self.target.httproute)
+                live = routers.httproute_live(route, self._route_backends(state, True))
+            elif self.target.router == "nginx":
+                assert self.target.ingress is not None
+                live = routers.nginx_live(self.kube.call("get", INGRESSES, self.target.ingress, self.kube.net.read_namespaced_ingress,
+                                                         self.target.ingress, self.ns))
+            else:
+                up = {role: int(d.get("available", 0)) for role, d in deployments.items()}
+                total = sum(up.values())
+                live = routers.Live(up.get("canary", 0) / total if total else 0.0, None)
+            traffic.update(weight=live.weight, cohort=list(live.cohort) if live.cohort else None)
+        except (BackendError, ValueError) as exc:
+            traffic["error"] = str(exc)
+        return {"backend": self.name, "namespace": self.ns, "deployments": deployments, "traffic": traffic}
+
+    def down(self, state: State) -> None:
+        """Nothing here was started by this tool but the canary's pods: traffic to stable, canary to 0."""
+        self.stop_canary(state)

@@ -1,0 +1,268 @@
+"""State in a ConfigMap, and a Lease as the lock: the cluster is the shared disk.
+
+`ConfigMapStore` keeps the state JSON in ConfigMap `rollout-<plan>` and writes
+it with compare-and-swap on resourceVersion: a write based on an old read is
+refused (409) by the API server. On a 409 we re-read: if the stored content is
+still what we last read (someone touched only metadata, or a fault injector
+said no) or already what we are writing (our own earlier attempt landed, its
+answer was lost), we retry; otherwise another writer really changed the state
+and we stop with a StateError naming it — silently overwriting a rollout
+someone else is driving is the one thing the store must never do.
+
+`LeaseLock` holds coordination.k8s.io/v1 Lease `rollout-<plan>` while a
+command acts, renewed in a background thread every leaseDurationSeconds/3, so
+a killed command's lock expires by itself after leaseDurationSeconds. The
+expiry check compares the Lease's renewTime with our clock, so large clock
+skew between machines shortens or lengthens it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from rollout.backends.kubernetes.client import CONFIGMAPS, LEASES, Conflict, Kube
+from rollout.engine.state import State, actor, from_dict, to_dict
+from rollout.errors import LockHeld, StateError
+
+DATA_KEY = "state.json"
+WRITER_ANNOTATION = "rollout.dev/written-by"
+COMMAND_ANNOTATION = "rollout.dev/command"
+MAX_CAS_TRIES = 5
+
+
+def object_name(plan: str) -> str:
+    return f"rollout-{plan}"
+
+
+def micro_time(t: float | None = None) -> str:
+    """RFC 3339 with microseconds, as Lease MicroTime fields want it."""
+    return datetime.fromtimestamp(time.time() if t is None else t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class ConfigMapStore:
+    def __init__(self, kube: Kube, plan: str, lease_seconds: int = 15) -> None:
+        self.kube = kube
+        self.plan = plan
+        self.name = object_name(plan)
+        self.lease_seconds = lease_seconds
+        self.writer = f"{actor()} pid {os.getpid()}"
+        self._rv: str | None = None  # resourceVersion of the last read or write
+        self._text: str | None = None  # the state JSON at _rv
+        self._lease: LeaseLock | None = None  # held while a command acts
+
+    def location(self) -> str:
+        return f"ConfigMap {self.kube.namespace}/{self.name}"
+
+    # -- reading ---------------------------------------------------------------
+
+    def _read(self) -> dict[str, Any] | None:
+        cm = self.kube.call("get", CONFIGMAPS, self.name, self.kube.core.read_namespaced_config_map,
+                            self.name, self.kube.namespace, missing_ok=True)
+        return cm
+
+    def load(self) -> State | None:
+        cm = self._read()
+        if cm is None:
+            self._rv, self._text = None, None
+            return None
+        self._rv, self._text = cm["metadata"]["resourceVersion"], (cm.get("data") or {}).get(DATA_KEY)
+        if self._text is None:
+            return None
+        try:
+            return from_dict(json.loads(self._text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"the rollout state in {self.location()} is unreadable ({type(exc).__name__}: {exc})",
+                             "restore it (`kubectl edit`), or delete the ConfigMap to start from the plan again") from None
+
+    # -- writing ---------------------------------------------------------------
+
+    def _body(self, text: str, rv: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "rollout", "rollout.dev/plan": self.plan},
+                                "annotations": {WRITER_ANNOTATION: self.writer}}
+        if rv is not None:
+            meta["resourceVersion"] = rv
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {DATA_KEY: text}}
+
+    def save(self, state: State) -> None:
+        lost = self._lease.lost if self._lease is not None else None
+        if lost and lost.startswith("taken over"):
+            raise StateError(f"this command lost its lock on the rollout ({lost}); its state was not saved",
+                             "run `rollout status` to see what the other command did")
+        text = json.dumps(to_dict(state), indent=1, sort_keys=True)
+        for _ in range(MAX_CAS_TRIES):
+            try:
+                if self._rv is None:
+                    cm = self.kube.call("create", CONFIGMAPS, self.name, self.kube.core.create_namespaced_config_map,
+                                        self.kube.namespace, self._body(text, None))
+                else:
+                    cm = self.kube.call("update", CONFIGMAPS, self.name, self.kube.core.replace_namespaced_config_map,
+                                        self.name, self.kube.namespace, self._body(text, self._rv))
+                self._rv, self._text = cm["metadata"]["resourceVersion"], text
+                return
+            except Conflict:
+                current = self._read()
+                if current is None:  # deleted under us: write it again from scratch
+                    self._rv = None
+                    continue
+                stored = (current.get("data") or {}).get(DATA_KEY)
+                rv = current["metadata"]["resourceVersion"]
+                if stored == text:  # our earlier attempt landed
+                    self._rv, self._text = rv, text
+                    return
+                if stored == self._text:  # content unchanged since our read: safe to write over
+                    self._rv = rv
+                    continue
+                by = ((current["metadata"].get("annotations") or {}).get(WRITER_ANNOTATION)) or "an unknown writer"
+                raise StateError(f"the rollout state in {self.location()} was changed by {by} while this command ran",
+                                 "run `rollout status` to see what it did; only one command may drive a rollout "
+                                 "(the Lease should have prevented this — was `--force` used?)") from None
+        raise StateError(f"could not write the rollout state to {self.location()}: it kept changing ({MAX_CAS_TRIES} tries)",
+                         "run the command again")
+
+    # -- locking ---------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, command: str, force: bool = False) -> Iterator[None]:
+        self._lease = LeaseLock(self.kube, self.name, command, self.lease_seconds)
+        try:
+            with self._lease.hold(force):
+                yield
+        finally:
+            self._lease = None
+
+
+class LeaseLock:
+    """A Lease held while one command acts; renewed in the background, expired when its holder dies."""
+
+    def __init__(self, kube: Kube, name: str, command: str, duration: int = 15, identity: str | None = None) -> None:
+        self.kube = kube
+        self.name = name
+        self.command = command
+        self.duration = duration
+        self.identity = identity or f"{actor()} pid {os.getpid()}"
+        self.lost: str | None = None  # why renewal stopped, if it did
+        self._rv: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _get(self) -> dict[str, Any] | None:
+        return self.kube.call("get", LEASES, self.name, self.kube.coord.read_namespaced_lease,
+                              self.name, self.kube.namespace, missing_ok=True)
+
+    def _body(self, holder: str | None, rv: str | None, acquire: str | None, transitions: int) -> dict[str, Any]:
+        now = micro_time()
+        meta: dict[str, Any] = {"name": self.name, "annotations": {COMMAND_ANNOTATION: self.command if holder else ""}}
+        if rv:
+            meta["resourceVersion"] = rv
+        spec: dict[str, Any] = {"holderIdentity": holder, "leaseDurationSeconds": self.duration,
+                                "renewTime": now, "acquireTime": acquire or now, "leaseTransitions": transitions}
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
+
+    def _replace(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.kube.call("update", LEASES, self.name, self.kube.coord.replace_namespaced_lease,
+                              self.name, self.kube.namespace, body)
+
+    def _held_error(self, lease: dict[str, Any]) -> LockHeld:
+        spec = lease.get("spec") or {}
+        cmd = ((lease.get("metadata") or {}).get("annotations") or {}).get(COMMAND_ANNOTATION)
+        since = parse_time(spec.get("acquireTime"))
+        since_s = time.strftime("%H:%M:%S", time.localtime(since)) if since else "?"
+        renewed = parse_time(spec.get("renewTime"))
+        ago = f", renewed {max(time.time() - renewed, 0):.0f}s ago" if renewed else ""
+        what = f"`rollout {cmd}` by " if cmd else ""
+        return LockHeld(f"another command is acting on this rollout: {what}{spec.get('holderIdentity')} "
+                        f"(Lease {self.kube.namespace}/{self.name}, since {since_s}{ago})",
+                        f"wait for it to finish (`rollout status` shows progress); if it is gone, its lock expires "
+                        f"{spec.get('leaseDurationSeconds', self.duration)}s after its last renewal, or take over now with `--force`")
+
+    def acquire(self, force: bool = False) -> None:
+        lease = self._get()
+        if lease is None:
+            try:
+                made = self.kube.call("create", LEASES, self.name, self.kube.coord.create_namespaced_lease,
+                                      self.kube.namespace, self._body(self.identity, None, None, 0))
+                self._rv = made["metadata"]["resourceVersion"]
+                return
+            except Conflict:
+                lease = self._get()
+                if lease is None:
+                    raise LockHeld(f"the Lease {self.kube.namespace}/{self.name} appeared and vanished while taking it",
+                                   "run the command again") from None
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = parse_time(spec.get("renewTime")) or 0.0
+        expired = time.time() > renewed + float(spec.get("leaseDurationSeconds") or self.duration)
+        if holder and holder != self.identity and not expired and not force:
+            raise self._held_error(lease)
+        transitions = int(spec.get("leaseTransitions") or 0) + (1 if holder != self.identity else 0)
+        try:
+            got = self._replace(self._body(self.identity, lease["metadata"]["resourceVersion"], None, transitions))
+        except Conflict:  # someone else took it between our read and our write
+            now = self._get()
+            raise self._held_error(now or lease) from None
+        self._rv = got["metadata"]["resourceVersion"]
+
+    def renew(self) -> None:
+        """One renewal; on a conflict, re-read: still ours → retry once, else the lock was taken over."""
+        for _ in range(2):
+            lease = self._get()
+            spec = (lease or {}).get("spec") or {}
+            if lease is None or spec.get("holderIdentity") != self.identity:
+                self.lost = f"taken over by {spec.get('holderIdentity') or 'nobody (deleted)'}"
+                self._stop.set()
+                return
+            try:
+                got = self._replace(self._body(self.identity, lease["metadata"]["resourceVersion"], spec.get("acquireTime"),
+                                               int(spec.get("leaseTransitions") or 0)))
+                self._rv = got["metadata"]["resourceVersion"]
+                return
+            except Conflict:
+                continue
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.duration / 3.0):
+            try:
+                self.renew()
+            except Exception as exc:  # keep trying until the lease expires; the next renewal may work
+                self.lost = f"renewal failed: {exc}"
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+        lease = self._get()
+        spec = (lease or {}).get("spec") or {}
+        if lease is None or spec.get("holderIdentity") != self.identity:
+            return  # taken over: not ours to release
+        try:
+            self._replace(self._body(None, lease["metadata"]["resourceVersion"], spec.get("acquireTime"),
+                                     int(spec.get("leaseTransitions") or 0)))
+        except Conflict:
+            pass  # changed meanwhile: whoever changed it owns it now
+
+    @contextmanager
+    def hold(self, force: bool = False) -> Iterator[None]:
+        self.acquire(force)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+        try:
+            yield
+        finally:
+            self.release()
