@@ -120,22 +120,23 @@ def schema() -> int:
     return EXIT_OK
 
 
+def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool) -> int:
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True)
+    with store.lock(verb):
+        engine = make_engine()
+        return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage))
+
+
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None) -> int:
-    """Run every remaining stage: until promoted, rolled back, or paused for approval."""
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True)
-    with store.lock("run"):
-        engine = make_engine()
-        return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=False))
+    """Run every remaining stage: until promoted, rolled back, or paused for a person."""
+    return _drive(plan, version, state_dir, "run", one_stage=False)
 
 
 @app.command()
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True)
-    with store.lock("advance"):
-        engine = make_engine()
-        return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=True))
+    return _drive(plan, version, state_dir, "advance", one_stage=True)
 
 
 @app.command()

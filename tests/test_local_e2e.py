@@ -129,6 +129,8 @@ def test_good_canary_is_promoted(rollout_env: Any) -> None:
     assert live["stable"]["version"] == "v2" and live["stable"]["alive"] and live["canary"] is None
     assert live["router"]["live"]["weight"] == 0
     assert versions_through_router(live["router"]["port"], 50) == {"v2": 50}
+    hist = ro("history")
+    assert hist.returncode == 0 and "v1 → v2" in hist.stdout and "PROMOTED" in hist.stdout and "2/2" in hist.stdout
 
 
 def test_bad_canary_is_rolled_back_within_seconds_of_the_gate_failing(rollout_env: Any) -> None:
@@ -290,7 +292,7 @@ def test_a_second_command_gets_the_lock_error(rollout_env: Any) -> None:
 
 
 def test_a_canary_that_never_gets_healthy_is_an_infrastructure_error(rollout_env: Any) -> None:
-    versions = {"v1": service("v1"), "v2": {"command": f"{{python}} -c \"import sys; print('boom: config missing'); sys.exit(3)\""}}
+    versions = {"v1": service("v1"), "v2": {"command": "{python} -c \"import sys; print('boom: config missing'); sys.exit(3)\""}}
     ro = rollout_env([{"name": "a", "weight": 10, "duration": "2s"}], versions=versions)
     r = ro("run", "--version", "v2")
     assert r.returncode == 3, r.stdout + r.stderr

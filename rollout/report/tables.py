@@ -60,9 +60,9 @@ def _pid_alive(pid: int | None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # exists, owned by someone else
         return True
-    return pid != os.getpid()
+    return True
 
 
 def notes(state: State) -> list[str]:

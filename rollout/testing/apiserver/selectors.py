@@ -119,7 +119,7 @@ def parse_label_selector(text: str | None) -> LabelSelector:
             values = tuple(v.strip() for v in inner.split(",")) if inner.strip() else ()
             if op == "in" and not values:
                 raise bad_request(
-                    f"unable to parse requirement: values: Invalid value: []string{{}}: for 'in', "
+                    "unable to parse requirement: values: Invalid value: []string{}: for 'in', "
                     "'notin' operators, values set can't be empty")
             for v in values:
                 _check_value(key, v)
@@ -131,8 +131,8 @@ def parse_label_selector(text: str | None) -> LabelSelector:
             if op in (">", "<"):
                 if not re.fullmatch(r"-?\d+", value):
                     raise bad_request(
-                        f"unable to parse requirement: for 'Gt', 'Lt' operators, the value must "
-                        f"be an integer")
+                        "unable to parse requirement: for 'Gt', 'Lt' operators, the value must "
+                        "be an integer")
                 reqs.append(Requirement(_check_key(key), "gt" if op == ">" else "lt", (value,)))
             else:
                 reqs.append(Requirement(_check_key(key), "=" if op in ("=", "==") else "!=",
