@@ -57,6 +57,15 @@ StateDirOpt = Annotated[
 ]
 VersionOpt = Annotated[Optional[str], typer.Option("--version", "-v", help="the version to roll out (default: target.canary in the plan)")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="why, for the audit trail")]
+KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
+ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
+NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+
+
+def _conn(kubeconfig: str | None, context: str | None, namespace: str | None) -> dict[str, str | None]:
+    """Connection overrides for the kubernetes backend (the local backend ignores them)."""
+    return {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
 
 
 def _load(plan: str) -> Any:
@@ -65,7 +74,7 @@ def _load(plan: str) -> Any:
     return load_plan(plan)
 
 
-def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False) -> Any:
+def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False, conn: dict[str, str | None] | None = None) -> Any:
     if with_load:
         import rollout.load.runner as runner  # first: locust must patch before ssl is imported
 
@@ -79,7 +88,7 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     from rollout.engine.state import actor
     from rollout.report.console import ConsoleReporter
 
-    backend, store = factory.make(loaded, state_dir)
+    backend, store = factory.make(loaded, state_dir, **(conn or {}))
     return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
 
 
@@ -120,33 +129,37 @@ def schema() -> int:
     return EXIT_OK
 
 
-def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool) -> int:
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True)
-    with store.lock(verb):
+def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
+           conn: dict[str, str | None] | None = None, force: bool = False) -> int:
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn)
+    with store.lock(verb, force=force):
         engine = make_engine()
         return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage))
 
 
 @app.command()
-def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None) -> int:
+def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person."""
-    return _drive(plan, version, state_dir, "run", one_stage=False)
+    return _drive(plan, version, state_dir, "run", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force)
 
 
 @app.command()
-def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None) -> int:
+def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
-    return _drive(plan, version, state_dir, "advance", one_stage=True)
+    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force)
 
 
 @app.command()
-def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None) -> int:
+def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+           context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
     """Phase, traffic split, verdicts and history; what is live right now. Takes no lock."""
     loaded = _load(plan)
     from rollout.backends import factory
     from rollout.report.tables import status_dict, status_text
 
-    backend, store = factory.make(loaded, state_dir)
+    backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
     state = store.load()
     live = backend.inspect(state) if state is not None else None
     if output is Output.json:
@@ -157,13 +170,14 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
 
 
 @app.command()
-def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None) -> int:
+def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+            context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
     """Every finished rollout of this plan, with the numbers that decided it."""
     loaded = _load(plan)
     from rollout.backends import factory
     from rollout.report.tables import outcome_table
 
-    state = factory.make_store(loaded, state_dir).load()
+    state = factory.make_store(loaded, state_dir, **_conn(kubeconfig, context, namespace)).load()
     if output is Output.json:
         from dataclasses import asdict
 
@@ -175,40 +189,46 @@ def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirO
     return EXIT_OK
 
 
-def _simple(plan: str, state_dir: str | None, verb: str, call: Any) -> int:
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=False)
-    with store.lock(verb):
+def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[str, str | None] | None = None,
+            force: bool = False) -> int:
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=False, conn=conn)
+    with store.lock(verb, force=force):
         return _finish(call(make_engine()))
 
 
 @app.command()
-def approve(plan: PlanArg, state_dir: StateDirOpt = None) -> int:
+def approve(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve())
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace), force)
 
 
 @app.command()
-def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None) -> int:
+def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Say no to a stage awaiting review (or approval): roll back now (exit 1)."""
-    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason))
+    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace), force)
 
 
 @app.command()
-def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None) -> int:
+def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Stop the rollout in progress: all traffic to stable, canary stopped."""
-    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason))
+    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace), force)
 
 
 @app.command()
-def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None) -> int:
+def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Whatever the state: all traffic back to the last known-good version, canary stopped."""
-    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason))
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason), _conn(kubeconfig, context, namespace), force)
 
 
 @app.command()
-def down(plan: PlanArg, state_dir: StateDirOpt = None) -> int:
+def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
-    return _simple(plan, state_dir, "down", lambda e: e.down())
+    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace), force)
 
 
 # -- one place for errors and exit codes ---------------------------------------

@@ -112,3 +112,37 @@ def test_a_histogram_of_another_resolution_is_refused() -> None:
     d["relative_error"] = 0.01
     with pytest.raises(ValueError):
         Histogram.from_dict(d)
+
+
+def _metric_stats(metric: str, canary: list[float], stable: list[float]) -> StageStats:
+    s = StageStats()
+    for role, values in (("canary", canary), ("stable", stable)):
+        for v in values:
+            s.add_metric(metric, role, v)
+    return s
+
+
+def test_declared_metric_gates_mean_share_below_and_compare() -> None:
+    low = _metric_stats("confidence", [0.5] * 80 + [0.9] * 20, [0.9] * 100)
+    g = Gate(metric="confidence", stat="share_below", below=0.6, max="5%", min_requests=50)
+    v = evaluate("conf", g, low, final=False)
+    assert v.status is Status.FAIL and v.message == "canary share of confidence ≤ 0.6 80% > 5% (100 values)"
+    g = Gate(metric="confidence", min=0.8, min_requests=50)  # mean by default
+    v = evaluate("mean", g, low, final=False)
+    assert v.status is Status.FAIL and "canary confidence mean 0.58 < 0.8 (100 values)" == v.message
+    assert evaluate("mean", g, low.__class__(), final=True).status is Status.INCONCLUSIVE
+    g = Gate(metric="confidence", compare="stable", max_decrease="10%", min_requests=50)
+    v = evaluate("cmp", g, low, final=False)
+    assert v.status is Status.FAIL and "< 0.81 = stable 0.9 × 0.9" in v.message
+    ok = _metric_stats("confidence", [0.88] * 100, [0.9] * 100)
+    assert evaluate("cmp", g, ok, final=True).status is Status.PASS
+
+
+def test_polled_metric_uses_the_latest_value() -> None:
+    s = StageStats()
+    s.add_metric("errs", "canary", 0.01)
+    s.add_metric("errs", "canary", 0.3)
+    s.gauges["errs"] = {"canary": 0.3}
+    g = Gate(metric="errs", stat="last", max=0.05, min_requests=1)
+    v = evaluate("prom", g, s, final=False)
+    assert v.status is Status.FAIL and "canary errs last 0.3 > 0.05 (2 values)" == v.message

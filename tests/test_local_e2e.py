@@ -30,7 +30,8 @@ def service(version: str, latency: str = "5ms", errors: str = "0%", extra: str =
     return {"command": f"{{python}} {SERVICE} --port {{port}} --version {version} --latency {latency} --error-rate {errors} --seed 7 {extra}".strip()}
 
 
-def make_plan(tmp_path: Path, stages: list[dict], gates: dict | None = None, versions: dict | None = None, users: int = 10) -> Path:
+def make_plan(tmp_path: Path, stages: list[dict], gates: dict | None = None, versions: dict | None = None, users: int = 10,
+              metrics: dict | None = None, locustfile: str | None = None) -> Path:
     plan = {
         "name": "e2e",
         "owner": {"name": "Test team", "contact": "test@example.com"},
@@ -39,7 +40,7 @@ def make_plan(tmp_path: Path, stages: list[dict], gates: dict | None = None, ver
             "stable": "v1",
             "versions": versions or {"v1": service("v1"), "v2": service("v2"), "v3": service("v3", errors="30%")},
         },
-        "load": {"locustfile": str(LOCUSTFILE), "users": users, "spawn_rate": users, "max_requests": 200000},
+        "load": {"locustfile": locustfile or str(LOCUSTFILE), "users": users, "spawn_rate": users, "max_requests": 200000, **({"metrics": metrics} if metrics else {})},
         "gates": gates if gates is not None else {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 50}},
         "stages": stages,
     }

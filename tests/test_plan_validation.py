@@ -58,7 +58,7 @@ CASES = [
     ("weight-over-100", _set(("stages", 0, "weight"), 150), ["stages[0].weight", "between 0 and 100", "150"]),
     ("rate-without-percent", _set(("gates", "errors", "max"), 1), ["gates.errors.max", "a percentage such as 1%"]),
     ("bad-latency", _mut(lambda p: p["gates"].update(lat={"metric": "p95", "max": "fast"})), ["gates.lat.max", "a latency such as 300ms"]),
-    ("unknown-metric", _set(("gates", "errors", "metric"), "p97"), ["gates.errors.metric", "'p99'", "'p97'"]),
+    ("unknown-metric", _set(("gates", "errors", "metric"), "p97"), ["gates.errors.metric", "p99", "'p97'", "load.metrics"]),
     ("compare-without-margin", _mut(lambda p: p["gates"].update(cmp={"metric": "p95", "compare": "stable"})), ["gates.cmp", "max_increase"]),
     ("max-and-compare", _mut(lambda p: p["gates"].update(cmp={"metric": "p95", "compare": "stable", "max": "1s", "max_increase": "10%"})), ["gates.cmp", "use two gates"]),
     ("bad-approval", _set(("stages", 0, "approval"), "maybe"), ["stages[0].approval", "'auto' or 'manual'"]),
@@ -76,6 +76,9 @@ CASES = [
     ("host-with-local-backend", _set(("load", "host"), "http://example.com"), ["load.host", "no host with the local backend"]),
     ("sequential-without-compare", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "max": "1s", "method": "sequential"})), ["gates.seq", "`compare: stable` with `method: sequential`"]),
     ("alpha-out-of-range", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "compare": "stable", "max_increase": "20%", "method": "sequential", "alpha": 0.7})), ["gates.seq.alpha", "< 0.5"]),
+    ("metric-source-twice", _set(("load", "metrics"), {"conf": {"json": "confidence", "header": "X-Conf"}}), ["load.metrics.conf", "exactly one source"]),
+    ("share-below-without-below", _mut(lambda p: (p["load"].update(metrics={"conf": {"json": "confidence"}}), p["gates"].update(c={"metric": "conf", "stat": "share_below", "max": "5%"}))), ["gates.c", "`below: VALUE`"]),
+    ("stat-on-builtin-metric", _mut(lambda p: p["gates"].update(c={"metric": "p95", "stat": "mean", "max": "1s"})), ["gates.c", "built-in metric p95"]),
     ("stage-not-a-mapping", _set(("stages",), ["just-a-name"]), ["stages[0]", "a mapping of fields"]),
 ]
 

@@ -299,6 +299,7 @@ class Engine:
             cohort=cohort if stage.load_to == "entry" else None,
             cohort_share=load.cohort_share,
             max_requests=load.max_requests,
+            metrics=dict(load.metrics),
         )
 
     # -- ending ----------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import locust  # noqa: F401  (first: gevent monkey-patching must precede ssl/urllib3)
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from locust import FastHttpUser, HttpUser, User
 from locust.env import Environment
 from locust.util.load_locustfile import load_locustfile
 
+from rollout import metrics
 from rollout.errors import LoadError
 from rollout.load.stats import StageStats, VersionStats
 
@@ -48,6 +50,7 @@ class LoadSpec:
     cohort: tuple[str, str] | None = None
     cohort_share: float = 0.2
     max_requests: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # name -> rollout.plan.model.MetricSource
 
 
 def load_user_classes(path: Path) -> list[type[User]]:
@@ -110,6 +113,48 @@ class Recorder:
         self.stats = StageStats()
         self._prev: dict[str, VersionStats] = {}  # cumulative copies at the last second's end
         self.last_error: str = ""
+        # response-content metrics, read from each response (only when the plan declares some)
+        self.json_metrics = [(n, m.json_field.split(".")) for n, m in spec.metrics.items() if m.json_field]
+        self.header_metrics = [(n, m.header) for n, m in spec.metrics.items() if m.header]
+        self.custom_metrics = {n for n, m in spec.metrics.items() if m.custom}
+
+    def role_of(self, response: Any, version: str | None = None) -> str:
+        if version is None and response is not None:
+            headers = getattr(response, "headers", None)
+            if headers is not None:
+                version = headers.get(self.header)
+        return self.roles.get(version, "unknown") if version else "unknown"
+
+    def on_custom(self, name: str, value: float, response: Any, version: str | None) -> None:
+        """`rollout.metrics.record` from the locustfile lands here."""
+        if name in self.custom_metrics:
+            self.stats.add_metric(name, self.role_of(response, version), value)
+        else:
+            self.stats.source_errors[name] = "recorded by the locustfile but not declared as `custom: true` under load.metrics"
+
+    def _content_metrics(self, role: str, response: Any) -> None:
+        if self.header_metrics:
+            headers = getattr(response, "headers", None) or {}
+            for name, header in self.header_metrics:
+                raw = headers.get(header)
+                if raw is not None:
+                    try:
+                        self.stats.add_metric(name, role, float(raw))
+                    except ValueError:
+                        self.stats.source_errors[name] = f"header {header}: {raw!r} is not a number"
+        if self.json_metrics:
+            try:
+                body = json.loads(getattr(response, "content", b"") or b"null")
+            except ValueError:
+                for name, _ in self.json_metrics:
+                    self.stats.source_errors[name] = "a response body is not JSON"
+                return
+            for name, path in self.json_metrics:
+                value = _dig(body, path)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.stats.add_metric(name, role, float(value))
+                elif value is not None:
+                    self.stats.source_errors[name] = f"field {'.'.join(path)} is {type(value).__name__}, not a number"
 
     def on_request(
         self,
@@ -122,13 +167,10 @@ class Recorder:
         context: dict[str, Any] | None = None,
         **_: Any,
     ) -> None:
-        version = None
-        if response is not None:
-            headers = getattr(response, "headers", None)
-            if headers is not None:
-                version = headers.get(self.header)
-        role = self.roles.get(version, "unknown") if version else "unknown"
+        role = self.role_of(response)
         failed = exception is not None
+        if response is not None and not failed and (self.json_metrics or self.header_metrics):
+            self._content_metrics(role, response)
         if failed:
             self.last_error = f"{type(exception).__name__}: {exception}"[:200]
         ms = float(response_time) if response_time is not None else 0.0
@@ -162,6 +204,55 @@ class Recorder:
         self.stats.timeline.append(entry)
 
 
+def _dig(data: Any, path: list[str]) -> Any:
+    for key in path:
+        if isinstance(data, dict):
+            data = data.get(key)
+        elif isinstance(data, list) and key.isdigit() and int(key) < len(data):
+            data = data[int(key)]
+        else:
+            return None
+    return data
+
+
+def _poll_prometheus(spec: LoadSpec, stats: StageStats, stop: Any) -> None:
+    """Query each Prometheus metric per version every `every` seconds (a greenlet; httpx yields under gevent)."""
+    import httpx
+
+    versions = {}
+    for name, role in spec.roles.items():
+        if name not in ("stable", "canary"):
+            versions.setdefault(role, name)
+    sources = [(n, m.prometheus) for n, m in spec.metrics.items() if m.prometheus]
+    due = {n: 0.0 for n, _ in sources}
+    with httpx.Client(trust_env=False) as client:
+        while not stop.is_set():
+            now = time.monotonic()
+            for name, prom in sources:
+                if now < due[name]:
+                    continue
+                due[name] = now + prom.every
+                for role in ("stable", "canary"):
+                    version = versions.get(role)
+                    if version is None:
+                        continue
+                    query = prom.query.replace("{version}", version).replace("{role}", role)
+                    try:
+                        r = client.get(prom.url.rstrip("/") + "/api/v1/query", params={"query": query}, timeout=prom.timeout)
+                        r.raise_for_status()
+                        result = r.json()["data"]["result"]
+                        if not result:
+                            stats.source_errors[name] = f"no series for {role} ({query})"
+                            continue
+                        value = sum(float(series["value"][1]) for series in result)
+                    except (httpx.HTTPError, KeyError, ValueError, TypeError, IndexError) as exc:
+                        stats.source_errors[name] = f"prometheus {role}: {type(exc).__name__}: {exc}"[:200]
+                        continue
+                    stats.gauges.setdefault(name, {})[role] = value
+                    stats.add_metric(name, role, value)
+            stop.wait(0.2)
+
+
 def _r(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 3)
 
@@ -180,7 +271,13 @@ def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStat
     runner = env.create_local_runner()
     start = time.monotonic()
     next_tick = start + TICK_SECONDS
+    import gevent.event
+
+    stop_polls = gevent.event.Event()
+    metrics._install(recorder.on_custom)
     try:
+        if any(m.prometheus for m in spec.metrics.values()):
+            gevent.spawn(_poll_prometheus, spec, recorder.stats, stop_polls)
         runner.start(spec.users, spawn_rate=spec.spawn_rate)
         while True:
             now = time.monotonic()
@@ -198,6 +295,8 @@ def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStat
                     break
             gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
     finally:
+        stop_polls.set()
+        metrics._install(None)
         runner.quit()
         env.events.request.remove_listener(recorder.on_request)
     recorder.stats.elapsed = time.monotonic() - start

@@ -66,6 +66,26 @@ class StageStats:
     elapsed: float = 0.0
     users: int = 0
     timeline: list[dict[str, Any]] = field(default_factory=list)  # one entry a second
+    # declared metrics (load.metrics): metric -> role -> values seen (response content, custom, prometheus)
+    metrics: dict[str, dict[str, Histogram]] = field(default_factory=dict)
+    # the latest value of polled metrics (prometheus): metric -> role -> value
+    gauges: dict[str, dict[str, float]] = field(default_factory=dict)
+    source_errors: dict[str, str] = field(default_factory=dict)  # metric -> last problem reading it
+
+    def metric(self, name: str, role: str) -> Histogram:
+        by_role = self.metrics.setdefault(name, {})
+        if role == "all":
+            total = Histogram()
+            for h in by_role.values():
+                total.merge(h)
+            return total
+        h = by_role.get(role)
+        if h is None:
+            h = by_role[role] = Histogram()
+        return h
+
+    def add_metric(self, name: str, role: str, value: float) -> None:
+        self.metric(name, role).record(value)
 
     def role(self, name: str) -> VersionStats:
         if name == "all":
@@ -90,4 +110,14 @@ class StageStats:
         out["users"] = self.users
         if self.cohort_routing:
             out["cohort_routing"] = dict(self.cohort_routing)
+        if self.metrics:
+            out["metrics"] = {
+                name: {role: {"count": h.count, "mean": round(h.mean, 6), "p50": round(h.quantile(0.5), 6), "p10": round(h.quantile(0.1), 6)}
+                       for role, h in by_role.items() if h.count}
+                for name, by_role in self.metrics.items()
+            }
+        if self.gauges:
+            out["gauges"] = {k: dict(v) for k, v in self.gauges.items()}
+        if self.source_errors:
+            out["source_errors"] = dict(self.source_errors)
         return out

@@ -335,6 +335,18 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
 
     plan_gates = _get(data, "gates")
     plan_gates = plan_gates if isinstance(plan_gates, dict) else {}
+    declared = _get(data, "load", "metrics")
+    declared = declared if isinstance(declared, dict) else {}
+    builtin = ("error_rate", "p50", "p90", "p95", "p99")
+
+    def check_metric(loc: Loc, gate: Any) -> None:
+        metric = gate.get("metric") if isinstance(gate, dict) else None
+        if isinstance(metric, str) and metric not in builtin and metric not in declared:
+            names = ", ".join(builtin) + (", or a declared metric: " + ", ".join(map(str, declared)) if declared else ", or a metric declared under load.metrics")
+            add((*loc, "metric"), repr(metric), f"one of {names}")
+
+    for gname, gate in plan_gates.items():
+        check_metric(("gates", gname), gate)
     stages = _get(data, "stages")
     seen: dict[str, int] = {}
     for i, stage in enumerate(stages if isinstance(stages, list) else []):
@@ -349,6 +361,8 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
         if to_canary and stage.get("cohort") is not None:
             add(("stages", i, "cohort"), "a cohort", "no cohort when load_to is canary (all load goes to the canary)")
         stage_gates = stage.get("gates") if isinstance(stage.get("gates"), dict) else {}
+        for gname, gate in stage_gates.items():
+            check_metric(("stages", i, "gates", gname), gate)
         for gname, gate in stage_gates.items():
             if gate is None and gname not in plan_gates:
                 add(("stages", i, "gates", gname), "null",

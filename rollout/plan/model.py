@@ -168,6 +168,36 @@ class KubernetesTarget(Strict):
 Target = Annotated[Union[LocalTarget, KubernetesTarget], Field(discriminator="backend")]
 
 
+class Prometheus(Strict):
+    """A PromQL query per version, read from Prometheus while the stage runs."""
+
+    url: str = Field(description="the Prometheus base URL, e.g. http://prometheus:9090")
+    query: str = Field(
+        description="PromQL with placeholders {version} (the version's name) and {role} (stable|canary), "
+        "e.g. sum(rate(http_errors_total{version=\"{version}\"}[1m]))"
+    )
+    every: Duration = Field(5.0, description="how often to query")
+    timeout: Duration = Field(3.0, description="per query")
+
+
+class MetricSource(Strict):
+    """Where a metric's values come from: one of json, header, custom, prometheus."""
+
+    json_field: str | None = Field(None, alias="json", description="dot path into each response's JSON body, e.g. confidence or usage.tokens")
+    header: str | None = Field(None, description="a numeric response header")
+    custom: bool = Field(False, description="fired from the locustfile with rollout.metrics.record(name, value, response)")
+    prometheus: Prometheus | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one(self) -> MetricSource:
+        given = [k for k, v in (("json", self.json_field), ("header", self.header), ("custom", self.custom or None), ("prometheus", self.prometheus)) if v]
+        if len(given) != 1:
+            raise ValueError("exactly one source: `json: FIELD`, `header: NAME`, `custom: true` or `prometheus: {url, query}`")
+        return self
+
+
 class Load(Strict):
     """The Locust load profile; think time lives in the locustfile."""
 
@@ -180,6 +210,9 @@ class Load(Strict):
     max_requests: int | None = Field(
         None, ge=1, description="hard bound on requests per stage; the stage's load stops there"
     )
+    metrics: dict[str, MetricSource] = Field(
+        default_factory=dict, description="values measured per version besides errors and latency, usable in gates"
+    )
 
 
 class Gate(Strict):
@@ -190,9 +223,14 @@ class Gate(Strict):
     (`compare: stable` with `max_increase`).
     """
 
-    metric: Literal["error_rate", "p50", "p90", "p95", "p99"]
+    metric: str = Field(description="error_rate, p50, p90, p95, p99, or a metric declared under load.metrics")
+    stat: Literal["mean", "p10", "p50", "p90", "p95", "p99", "share_below", "last"] | None = Field(
+        None, description="for a declared metric: which statistic (default mean; last for prometheus)"
+    )
+    below: float | None = Field(None, description="with stat: share_below, the value counted below, e.g. 0.6")
     version: Literal["canary", "stable", "all"] = "canary"
     max: Threshold | None = None
+    min: Threshold | None = Field(None, description="for a declared metric: the lowest acceptable value")
     compare: Literal["stable"] | None = None
     max_increase: Percent | None = Field(
         None,
@@ -214,7 +252,11 @@ class Gate(Strict):
         None, description="sequential: the canary passes once credibly below this increase (default: max_increase)"
     )
 
-    @field_validator("max", mode="before")
+    max_decrease: Percent | None = Field(
+        None, description="with compare, for a declared metric where higher is better: at most this much below stable's"
+    )
+
+    @field_validator("max", "min", mode="before")
     @classmethod
     def _threshold(cls, v: Any, info: ValidationInfo) -> Any:
         if v is None:
@@ -224,18 +266,29 @@ class Gate(Strict):
             return parse_percent(v)
         if metric in LATENCY_METRICS:
             return parse_latency(v)
-        return v
+        if info.data.get("stat") == "share_below":
+            return parse_percent(v)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError("a number")
+        return float(v)
 
     @model_validator(mode="after")
     def _shape(self) -> Gate:
-        if self.compare is None and self.max is None:
+        builtin = self.metric in METRICS
+        if builtin and (self.stat is not None or self.below is not None or self.min is not None or self.max_decrease is not None):
+            raise ValueError(f"no `stat`, `below`, `min` or `max_decrease` for the built-in metric {self.metric} (they are for declared metrics)")
+        if (self.stat == "share_below") != (self.below is not None):
+            raise ValueError("`below: VALUE` exactly with `stat: share_below`")
+        if self.compare is None and self.max is None and self.min is None:
             raise ValueError("either `max` (an absolute limit) or `compare: stable` with `max_increase`")
-        if self.compare is not None and self.max is not None:
-            raise ValueError("`max` and `compare` together; use two gates")
-        if self.compare is not None and self.max_increase is None:
+        if self.compare is not None and (self.max is not None or self.min is not None):
+            raise ValueError("`max`/`min` and `compare` together; use two gates")
+        if self.compare is not None and self.max_increase is None and self.max_decrease is None:
             raise ValueError("`max_increase` with `compare: stable` (e.g. max_increase: 20%)")
-        if self.compare is None and self.max_increase is not None:
-            raise ValueError("`compare: stable` to go with `max_increase`")
+        if self.compare is None and (self.max_increase is not None or self.max_decrease is not None):
+            raise ValueError("`compare: stable` to go with `max_increase`/`max_decrease`")
+        if self.method == "sequential" and not builtin:
+            raise ValueError("`method: threshold` for a declared metric (sequential tests cover error_rate and p50–p99)")
         if self.compare is not None and self.version != "canary":
             raise ValueError("`version: canary` (or no version) with `compare: stable`")
         if self.method == "sequential" and self.compare is None:
@@ -247,8 +300,13 @@ class Gate(Strict):
         return self
 
     @property
-    def threshold(self) -> float:
-        return float(self.max) if self.max is not None else float(self.max_increase or 0.0)
+    def declared(self) -> bool:
+        """A metric from load.metrics rather than errors or latency."""
+        return self.metric not in METRICS
+
+    @property
+    def statistic(self) -> str:
+        return self.stat or "mean"
 
 
 class Stage(Strict):

@@ -14,11 +14,27 @@ from rollout.plan.units import fmt_duration, fmt_ms, fmt_percent
 
 
 def gate_threshold(gate: Gate) -> str:
+    from rollout.gates.threshold import _fmt
+
     if gate.compare:
+        if gate.max_decrease is not None:
+            return f"≥ {fmt_percent(float(gate.max_decrease))} below stable at most"
         what = "points above stable" if gate.metric == "error_rate" else "above stable"
         return f"≤ {fmt_percent(float(gate.max_increase or 0))} {what}"
-    value = float(gate.max)  # type: ignore[arg-type]
-    return f"≤ {fmt_percent(value) if gate.metric == 'error_rate' else fmt_ms(value)}"
+    bounds = []
+    if gate.min is not None:
+        bounds.append(f"≥ {_fmt(gate, float(gate.min))}")  # type: ignore[arg-type]
+    if gate.max is not None:
+        bounds.append(f"≤ {_fmt(gate, float(gate.max))}")  # type: ignore[arg-type]
+    return " and ".join(bounds)
+
+
+def _metric_label(gate: Gate) -> str:
+    if not gate.declared:
+        return gate.metric
+    if gate.stat == "share_below":
+        return f"{gate.metric} share ≤ {gate.below:g}"
+    return f"{gate.metric} {gate.statistic}"
 
 
 def plan_tables(plan: Plan) -> str:
@@ -38,12 +54,12 @@ def plan_tables(plan: Plan) -> str:
         ])
     stages = tabulate(rows, headers=["#", "stage", "weight", "cohort", "load to", "users", "duration", "approval", "gates"])
     grows = [
-        [name, g.metric, "canary vs stable" if g.compare else g.version, gate_threshold(g), g.min_requests]
+        [name, _metric_label(g), "canary vs stable" if g.compare else g.version, gate_threshold(g), g.min_requests]
         for name, g in plan.gates.items()
     ]
     for i, s in enumerate(plan.stages):
         for name, g in (s.gates or {}).items():
-            grows.append([f"{name} (stage {s.name})", g.metric if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", g.min_requests if g else "-"])
+            grows.append([f"{name} (stage {s.name})", _metric_label(g) if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", g.min_requests if g else "-"])
     gates = tabulate(grows, headers=["gate", "metric", "on", "passes when", "min requests"]) if grows else "(no gates)"
     head = f"Plan `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}> — backend {plan.target.backend}"
     return f"{head}\n\n{stages}\n\n{gates}"

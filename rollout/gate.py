@@ -1,0 +1,288 @@
+"""`rollout gate`: load a URL with gates and say pass or fail; no traffic moves.
+
+For CI: a release candidate is loaded with the plan's load profile (or a
+locustfile given on the command line) and judged by the same gates and the
+same per-second judge as a rollout stage (`rollout.load.runner.run_load` and
+`rollout.gates.judge.StageJudge`). Nothing is deployed, no traffic is shifted.
+
+Exit codes: 0 every gate passed; 1 a gate failed, or ended without enough
+evidence (inconclusive: no proof is not a pass); 2 bad input (plan, flag,
+gate expression); 3 the target is unreachable (probed before any load).
+
+The target serves one version, so every gate judges all traffic: gates on
+`canary` or `all` judge everything; gates on `stable` and `compare: stable`
+gates have nothing to compare with and are reported as skipped.
+
+Gate expressions (`--gate`): METRIC<LIMIT, e.g. `p95<300ms`, `p99<=1.5s`,
+`errors<1%`. Metrics: errors (or error_rate), p50, p90, p95, p99. A gate
+passes while the measured value is at most the limit (`<` and `<=` mean the
+same: the limit is the largest value that still passes).
+
+This module imports locust (through rollout.load.runner) when it runs load;
+the CLI imports it first, before anything that imports ssl.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, InfraError, UsageError
+from rollout.plan.model import Gate
+from rollout.plan.units import fmt_duration, parse_duration, parse_latency, parse_percent
+
+PROBE_TIMEOUT = 3.0
+METRIC_ALIASES = {"errors": "error_rate", "error_rate": "error_rate", "error-rate": "error_rate", "p50": "p50", "p90": "p90", "p95": "p95", "p99": "p99"}
+_EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(<=|<|≤)\s*(\S.*?)\s*$")
+EXAMPLES = "such as 'p95<300ms' or 'errors<1%'"
+
+
+def parse_gate(expr: str, min_requests: int = 100) -> tuple[str, Gate]:
+    """`p95<300ms` → ("p95<300ms", Gate(metric=p95, version=all, max=300.0)); UsageError (exit 2) otherwise."""
+    m = _EXPR.match(expr or "")
+    if not m:
+        raise UsageError(
+            f"--gate {expr!r} is not a gate expression: expected METRIC<LIMIT, {EXAMPLES}",
+            "metrics: errors, p50, p90, p95, p99; the gate passes while the value stays at or below the limit",
+        )
+    word, _op, limit = m.groups()
+    metric = METRIC_ALIASES.get(word.lower())
+    if metric is None:
+        raise UsageError(f"--gate {expr!r}: unknown metric `{word}`", "expected one of errors, p50, p90, p95, p99")
+    try:
+        if metric == "error_rate":
+            value = parse_percent(limit)
+        else:
+            value = parse_latency(limit)
+    except ValueError as exc:
+        raise UsageError(f"--gate {expr!r}: limit `{limit}` is not valid for {word}: expected {exc}", f"write it {EXAMPLES}") from None
+    name = f"{'errors' if metric == 'error_rate' else metric}<{limit.replace(' ', '')}"
+    gate = Gate(metric=metric, version="all", max=limit.replace(" ", ""), min_requests=min_requests)
+    assert gate.max is not None and abs(float(gate.max) - value) < 1e-9
+    return name, gate
+
+
+def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
+    out: dict[str, Gate] = {}
+    for expr in exprs:
+        name, gate = parse_gate(expr, min_requests)
+        if name in out:
+            raise UsageError(f"--gate {expr!r} is given twice", "give each gate once")
+        out[name] = gate
+    return out
+
+
+def check_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--host {url!r} is not an http(s) URL", "give the target as http://HOST:PORT or https://HOST")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UsageError(f"--host {url!r} has an invalid port", "give the target as http://HOST:PORT") from None
+    return parts.hostname, port
+
+
+def probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
+    """A TCP connect to the target, bounded in time: unreachable is exit 3 within seconds, before any load."""
+    host, port = check_url(url)
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        took = time.monotonic() - t0
+        why = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise InfraError(
+            f"target {url} is unreachable: {why} ({host}:{port}, after {took:.1f}s)",
+            "check that the service is up and the URL (--host or load.host) is right; no load was run",
+        ) from None
+
+
+@dataclass
+class GateSetup:
+    """Everything one `rollout gate` needs, resolved from a plan and/or flags."""
+
+    host: str
+    locustfile: Path
+    users: int
+    spawn_rate: float
+    duration: float
+    gates: dict[str, Gate]
+    skipped: dict[str, str] = field(default_factory=dict)  # gate -> why it cannot judge here
+    version_header: str = "X-Version"
+    roles: dict[str, str] = field(default_factory=dict)
+    max_requests: int | None = None
+    plan: Any = None  # LoadedPlan
+    workers: int = 0
+
+
+def resolve(
+    plan_path: str | None,
+    host: str | None,
+    locustfile: str | None,
+    users: int | None,
+    duration: str | None,
+    gate_exprs: list[str],
+    min_requests: int,
+    spawn_rate: float | None,
+    workers: int | None,
+) -> GateSetup:
+    loaded = None
+    gates: dict[str, Gate] = {}
+    skipped: dict[str, str] = {}
+    if plan_path:
+        from rollout.plan.loader import load_plan
+
+        loaded = load_plan(plan_path)
+        plan = loaded.plan
+        host = host or plan.load.host
+        if not host:
+            raise UsageError(f"{plan_path}: the plan has no load.host and no --host was given", "give the candidate's URL with --host")
+        lf = Path(locustfile) if locustfile else loaded.resolve(plan.load.locustfile)
+        users = users or plan.load.users
+        spawn = spawn_rate or plan.load.spawn_rate or float(users)
+        if duration is None:
+            pre = next((i for i, s in enumerate(plan.stages) if s.load_to == "canary"), 0)
+            dur = plan.stages[pre].duration
+        else:
+            dur = _duration(duration)
+        for name, g in plan.gates.items():
+            if g.compare is not None:
+                skipped[name] = "compares the canary with stable; a gate run loads one version only"
+            elif g.version == "stable":
+                skipped[name] = "judges the stable version; a gate run loads only the candidate"
+            else:
+                gates[name] = g.model_copy(update={"version": "all"})
+        header = plan.load.version_header
+        roles = {v: v for v in plan.target.versions}
+        max_requests = plan.load.max_requests
+        plan_workers = getattr(plan.load, "workers", None) or 0
+    else:
+        missing = [flag for flag, v in (("--host", host), ("--locustfile", locustfile), ("--duration", duration)) if not v]
+        if missing:
+            raise UsageError(
+                f"without a PLAN, `rollout gate` needs {', '.join(missing)}",
+                "e.g. rollout gate --host http://127.0.0.1:8000 --locustfile load.py --users 20 --duration 30s --gate 'p95<300ms'",
+            )
+        if not gate_exprs:
+            raise UsageError("no gate to judge: give at least one --gate", f"e.g. --gate 'p95<300ms' --gate 'errors<1%'")
+        assert host and locustfile and duration
+        lf = Path(locustfile)
+        users = users or 10
+        spawn = spawn_rate or float(users)
+        dur = _duration(duration)
+        header, roles, max_requests, plan_workers = "X-Version", {}, None, 0
+    gates.update(parse_gates(gate_exprs, min_requests))
+    check_url(host)
+    if not lf.is_file():
+        raise UsageError(f"locustfile {lf} does not exist", "fix --locustfile (or load.locustfile in the plan)")
+    if users < 1:
+        raise UsageError(f"--users {users}: at least 1 user", "give --users N with N ≥ 1")
+    if dur <= 0:
+        raise UsageError(f"--duration {duration}: the load must run for some time", "give --duration such as 30s or 2m")
+    if not gates:
+        raise UsageError("no gate can judge this run" + (f" (skipped: {', '.join(skipped)})" if skipped else ""), "add --gate 'p95<300ms' or absolute gates to the plan")
+    n_workers = plan_workers if workers is None else workers
+    if n_workers < 0:
+        raise UsageError(f"--workers {n_workers}: not a number of processes", "give --workers N with N ≥ 0 (0: load in this process)")
+    return GateSetup(
+        host=host.rstrip("/"), locustfile=lf, users=users, spawn_rate=spawn, duration=dur, gates=gates, skipped=skipped,
+        version_header=header, roles=roles, max_requests=max_requests, plan=loaded, workers=n_workers,
+    )
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text.strip())
+    except ValueError:
+        raise UsageError(f"--duration {text!r} is not a duration", "expected a duration such as 30s, 5m or 1h") from None
+
+
+class _Progress:
+    """One plain line on stderr every few seconds (CI logs stay readable)."""
+
+    def __init__(self, duration: float, every: float = 5.0) -> None:
+        self.duration, self.every, self.last = duration, every, -1e9
+
+    def __call__(self, stats: Any, failing: list[Any]) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and not failing:
+            return
+        self.last = now
+        from rollout.plan.units import fmt_ms, fmt_percent
+
+        tl = stats.timeline[-1] if stats.timeline else {}
+        rps = sum(v.get("requests", 0) for k, v in tl.items() if k != "t")
+        total = stats.role("all")
+        line = (f"  [gate {stats.elapsed:,.0f}s/{fmt_duration(self.duration)}] users {stats.users} | rps {rps:,} | "
+                f"err {fmt_percent(total.error_rate)} | p95 {fmt_ms(total.percentile(95))} | {total.requests:,} requests")
+        if failing:
+            line += f" | FAIL {failing[0].gate}"
+        print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class GateResult:
+    exit_code: int
+    summary: str  # one line for people
+    report: dict[str, Any]
+
+
+def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateResult:
+    """Probe, run the load with the gates judged every second, build the report. No traffic moves."""
+    from rollout.gates.judge import StageJudge
+    from rollout.gates.verdict import Status
+    from rollout.load.runner import LoadSpec
+    from rollout.report.json_report import gate_report
+
+    probe(setup.host)
+    spec = LoadSpec(
+        locustfile=setup.locustfile, host=setup.host, users=setup.users, spawn_rate=setup.spawn_rate,
+        duration=setup.duration, version_header=setup.version_header, roles=dict(setup.roles), max_requests=setup.max_requests,
+    )
+    judge = StageJudge(setup.gates)
+    failing: list[Any] = []
+    decided: dict[str, Any] = {}
+    progress = _Progress(setup.duration)
+
+    def on_tick(stats: Any) -> bool:
+        verdicts = judge.judge(stats, final=False)
+        bad = [v for v in verdicts if v.status is Status.FAIL and setup.gates[v.gate].critical]
+        if not quiet:
+            progress(stats, bad)
+        if bad:
+            failing.extend(bad)
+            decided["t"] = stats.elapsed
+            return True
+        return False
+
+    started = time.time()
+    stats = load_runner(spec, on_tick)
+    ended = time.time()
+    if failing:
+        names = {v.gate for v in failing}
+        verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
+    else:
+        verdicts = judge.judge(stats, final=True)
+    bad = [v for v in verdicts if v.status is Status.FAIL]
+    unsure = [v for v in verdicts if v.status is Status.INCONCLUSIVE]
+    if bad:
+        code, result = EXIT_GATE_FAILED, "failed"
+        summary = "; ".join(f"gate `{v.gate}` failed: {v.message}" for v in bad)
+    elif unsure:
+        code, result = EXIT_GATE_FAILED, "inconclusive"
+        summary = "; ".join(f"gate `{v.gate}` inconclusive: {v.message}" for v in unsure)
+    else:
+        code, result = EXIT_OK, "passed"
+        summary = f"all {len(verdicts)} gate{'s' if len(verdicts) != 1 else ''} passed ({stats.requests:,} requests in {stats.elapsed:,.1f}s)"
+    if stats.requests == 0 and code == EXIT_OK:
+        code, result, summary = EXIT_GATE_FAILED, "inconclusive", "no request was made: nothing was judged"
+    report = gate_report(setup, stats, verdicts, decided.get("t"), started, ended, result, code, summary)
+    return GateResult(code, summary, report)
