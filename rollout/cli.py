@@ -57,10 +57,24 @@ StateDirOpt = Annotated[
 ]
 VersionOpt = Annotated[Optional[str], typer.Option("--version", "-v", help="the version to roll out (default: target.canary in the plan)")]
 ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="why, for the audit trail")]
+JunitOpt = Annotated[Optional[str], typer.Option("--junit", help="write a JUnit XML report (each gate a test case)", metavar="FILE")]
+JsonOpt = Annotated[Optional[str], typer.Option("--json", help="write the full JSON report (re-render it with `rollout report`)", metavar="FILE")]
+MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)", metavar="FILE")]
+HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+ImageOpt = Annotated[Optional[list[str]], typer.Option("--image", help="kubernetes: CONTAINER=IMAGE for the canary, repeatable (instead of the plan's version images; "
+                                                      "the version is --version, else the images' tag)", metavar="NAME=REF")]
+
+
+def _images(image: list[str] | None, version: str | None) -> tuple[str, dict[str, str]] | None:
+    if not image:
+        return None
+    from rollout.backends.kubernetes.images import parse
+
+    return parse(image, version)
 
 
 def _conn(kubeconfig: str | None, context: str | None, namespace: str | None) -> dict[str, str | None]:
@@ -74,7 +88,8 @@ def _load(plan: str) -> Any:
     return load_plan(plan)
 
 
-def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False, conn: dict[str, str | None] | None = None) -> Any:
+def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False, conn: dict[str, str | None] | None = None,
+            images: tuple[str, dict[str, str]] | None = None) -> Any:
     if with_load:
         import rollout.load.runner as runner  # first: locust must patch before ssl is imported
 
@@ -88,7 +103,14 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     from rollout.engine.state import actor
     from rollout.report.console import ConsoleReporter
 
+    if images and loaded.plan.target.backend != "kubernetes":
+        from rollout.errors import UsageError
+
+        raise UsageError(f"--image sets container images, which the {loaded.plan.target.backend} backend has not",
+                         "use --version with a version of the plan's target.versions")
     backend, store = factory.make(loaded, state_dir, **(conn or {}))
+    if images:
+        backend.set_images(*images)
     return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
 
 
@@ -130,25 +152,87 @@ def schema() -> int:
 
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
-           conn: dict[str, str | None] | None = None, force: bool = False) -> int:
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn)
+           conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None) -> int:
+    images = _images(image, version)
+    if images:
+        version = images[0]
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn, images=images)
     with store.lock(verb, force=force):
         engine = make_engine()
-        return _finish(engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage))
+        import time
+
+        from rollout.report.outputs import Capture, ReportPaths, rollout_reports
+
+        capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
+        started = time.time()
+        outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+        rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
+        return _finish(outcome)
 
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+        junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person."""
-    return _drive(plan, version, state_dir, "run", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force)
+    from rollout.report.outputs import ReportPaths
+
+    return _drive(plan, version, state_dir, "run", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image)
 
 
 @app.command()
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+            junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
-    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force)
+    from rollout.report.outputs import ReportPaths
+
+    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image)
+
+
+@app.command()
+def gate(
+    plan: Annotated[Optional[str], typer.Argument(help="a rollout plan: its load profile (load.host) and gates; optional", metavar="[PLAN]")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="the URL to load (overrides load.host)")] = None,
+    locustfile: Annotated[Optional[str], typer.Option("--locustfile", "-f", help="the Locust file (overrides load.locustfile)")] = None,
+    users: Annotated[Optional[int], typer.Option("--users", "-u", help="concurrent users (default: load.users, else 10)")] = None,
+    duration: Annotated[Optional[str], typer.Option("--duration", "-t", help="how long: 30s, 2m (default: the plan's pre-flight stage)")] = None,
+    gate_exprs: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="a gate: 'p95<300ms', 'p99<1.5s', 'errors<1%' (repeatable)", metavar="EXPR")] = None,
+    min_requests: Annotated[int, typer.Option("--min-requests", min=1, help="requests before a --gate may judge")] = 100,
+    spawn_rate: Annotated[Optional[float], typer.Option("--spawn-rate", help="users started per second (default: all at once)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Locust worker processes (0: load in this process; default: load.workers)")] = None,
+    junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+) -> int:
+    """Load a URL with the gates and say pass (0) or fail (1); no traffic moves. Exit 3: target unreachable."""
+    import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
+
+    _install_sigterm_gevent()
+    from rollout.gate import command
+    from rollout.report.outputs import ReportPaths
+
+    return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
+                   ReportPaths(json_out, junit, markdown, html), quiet=quiet)
+
+
+@app.command()
+def report(
+    report_file: Annotated[str, typer.Argument(help="a JSON report written by --json", metavar="REPORT.json")],
+    junit: JunitOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
+) -> int:
+    """Render a saved JSON report again: --html, --junit, --markdown (Markdown to stdout when none is given)."""
+    from rollout.report import json_report, markdown as md
+    from rollout.report.outputs import ReportPaths, write_reports
+
+    data = json_report.load(report_file)
+    paths = ReportPaths(None, junit, markdown, html)
+    if paths.any:
+        write_reports(data, paths, step_summary=False)
+    else:
+        print(md.render(data), end="")
+    return EXIT_OK
 
 
 @app.command()

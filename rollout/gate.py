@@ -96,13 +96,31 @@ def probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return
-    except OSError as exc:
+    except OSError as exc:  # refused, timed out, no route, unknown name
         took = time.monotonic() - t0
         why = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else (exc.strerror or str(exc) or type(exc).__name__)
         raise InfraError(
             f"target {url} is unreachable: {why} ({host}:{port}, after {took:.1f}s)",
             "check that the service is up and the URL (--host or load.host) is right; no load was run",
         ) from None
+
+
+def version_of(url: str, header: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """The version header of one GET / (best effort, for labels only: any failure is None)."""
+    import http.client
+
+    host, port = check_url(url)
+    cls = http.client.HTTPSConnection if url.startswith("https") else http.client.HTTPConnection
+    conn = cls(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read(65536)
+        return resp.getheader(header)
+    except Exception:
+        return None
+    finally:
+        conn.close()
 
 
 @dataclass
@@ -243,6 +261,9 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
     from rollout.report.json_report import gate_report
 
     probe(setup.host)
+    served_by = version_of(setup.host, setup.version_header)
+    if served_by and served_by not in setup.roles:
+        setup.roles[served_by] = served_by  # name the series after the version that answers, not "unknown"
     spec = LoadSpec(
         locustfile=setup.locustfile, host=setup.host, users=setup.users, spawn_rate=setup.spawn_rate,
         duration=setup.duration, version_header=setup.version_header, roles=dict(setup.roles), max_requests=setup.max_requests,
@@ -286,3 +307,49 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
         code, result, summary = EXIT_GATE_FAILED, "inconclusive", "no request was made: nothing was judged"
     report = gate_report(setup, stats, verdicts, decided.get("t"), started, ended, result, code, summary)
     return GateResult(code, summary, report)
+
+
+def command(plan: str | None, host: str | None, locustfile: str | None, users: int | None, duration: str | None,
+            gate_exprs: list[str], min_requests: int, spawn_rate: float | None, workers: int | None,
+            paths: Any, quiet: bool = False) -> int:
+    """The whole `rollout gate`: resolve, probe, load and judge, write the reports; returns the exit code.
+
+    Bad input raises UsageError/PlanInvalid (exit 2) before anything runs. An
+    unreachable target raises InfraError (exit 3) after writing the reports
+    asked for, with an <error> test case, so CI still shows why.
+    """
+    from rollout.errors import RolloutError
+    from rollout.report.json_report import error_report
+    from rollout.report.outputs import write_reports
+
+    setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers)
+    load_runner = _load_runner(setup)
+    started = time.time()
+    try:
+        result = run_gate(setup, load_runner, quiet=quiet)
+    except RolloutError as exc:
+        if exc.exit_code != EXIT_GATE_FAILED:
+            write_reports(error_report("gate", {"host": setup.host, "locustfile": str(setup.locustfile)}, setup.plan,
+                                       exc.exit_code, exc.render().removeprefix("Error: "), started), paths)
+        raise
+    write_reports(result.report, paths)
+    for v in result.report["stages"][0]["verdicts"]:
+        mark = {"pass": "✔", "fail": "✘"}.get(v["status"], "?")
+        print(f"  {mark} {v['gate']}: {v['status']} — {v['message']}")
+    for name, why in setup.skipped.items():
+        print(f"  - {name}: skipped — {why}")
+    mark = "✔" if result.exit_code == EXIT_OK else "✘"
+    print(f"{mark} gate {result.report['outcome']['result']}: {result.summary}")
+    if result.exit_code != EXIT_OK:
+        print(f"Error: {result.summary} — the candidate at {setup.host} did not pass its gates; see the report for the numbers", file=sys.stderr)
+    return result.exit_code
+
+
+def _load_runner(setup: GateSetup) -> Any:
+    if setup.workers and setup.workers > 0:
+        from rollout.load.distributed import run_load_distributed
+
+        return lambda spec, on_tick: run_load_distributed(spec, on_tick, workers=setup.workers)
+    from rollout.load.runner import run_load
+
+    return run_load

@@ -16,8 +16,10 @@ def state_dir(loaded: LoadedPlan, override: str | None = None) -> Path:
     return base / loaded.plan.name
 
 
-def make(loaded: LoadedPlan, state_dir_override: str | None = None) -> tuple[Any, Any]:
-    """(backend, store) for the plan's target."""
+def make(loaded: LoadedPlan, state_dir_override: str | None = None, *, kubeconfig: str | None = None,
+         context: str | None = None, namespace: str | None = None) -> tuple[Any, Any]:
+    """(backend, store) for the plan's target; kubeconfig/context/namespace (the command line's)
+    override the plan's for the kubernetes backend and mean nothing to the local one."""
     if loaded.plan.target.backend == "local":
         from rollout.backends.local.backend import LocalBackend
         from rollout.backends.local.store import LocalStore
@@ -27,11 +29,12 @@ def make(loaded: LoadedPlan, state_dir_override: str | None = None) -> tuple[Any
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends.kubernetes import wiring
 
-        return wiring.make(loaded)
+        return wiring.make(loaded, kubeconfig=kubeconfig, context=context, namespace=namespace)
     raise NotImplementedError(loaded.plan.target.backend)
 
 
-def make_store(loaded: LoadedPlan, state_dir_override: str | None = None) -> Any:
+def make_store(loaded: LoadedPlan, state_dir_override: str | None = None, *, kubeconfig: str | None = None,
+               context: str | None = None, namespace: str | None = None) -> Any:
     """The store alone (read-only commands need no backend, and must not start anything)."""
     if loaded.plan.target.backend == "local":
         from rollout.backends.local.store import LocalStore
@@ -40,5 +43,5 @@ def make_store(loaded: LoadedPlan, state_dir_override: str | None = None) -> Any
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends.kubernetes import wiring
 
-        return wiring.make_store(loaded)
+        return wiring.make_store(loaded, kubeconfig=kubeconfig, context=context, namespace=namespace)
     raise NotImplementedError(loaded.plan.target.backend)

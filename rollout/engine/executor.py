@@ -30,6 +30,7 @@ from rollout.engine.state import (
     new_state,
 )
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, UsageError
+from rollout.gates.health import health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
@@ -218,12 +219,17 @@ class Engine:
         judge = StageJudge(gates)
         failing: list[Verdict] = []
 
+        early: list[float] = []
+
         def on_tick(stats: StageStats) -> bool:
             verdicts = judge.judge(stats, final=False)
             self.out.progress(stage, i, n, stats, verdicts, stage.duration)
             bad = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
             if bad:
                 failing.extend(bad)
+                return True
+            if stage.min_duration is not None and stats.elapsed >= stage.min_duration and verdicts and all(v.status is Status.PASS for v in verdicts):
+                early.append(stats.elapsed)
                 return True
             return False
 
@@ -246,14 +252,18 @@ class Engine:
 
         if not failing:
             verdicts = judge.judge(stats, final=True)
+            verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
             verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
         rec.verdicts = [v.as_dict() for v in verdicts]
         rec.stats = stats.summary()
         rec.ended_at = self.clock()
-        critical = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
-        uncertain = [v for v in verdicts if v.status is Status.INCONCLUSIVE or (v.status is Status.FAIL and not gates[v.gate].critical)]
+        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical
+            return v.gate in gates and gates[v.gate].critical
+
+        critical = [v for v in verdicts if v.status is Status.FAIL and is_critical(v)]
+        uncertain = [v for v in verdicts if v.status is Status.INCONCLUSIVE or (v.status is Status.FAIL and not is_critical(v))]
         if critical:
             rec.status = StageStatus.FAILED
             rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in critical)
@@ -273,6 +283,8 @@ class Engine:
             return "review"
         rec.status = StageStatus.PASSED
         rec.reason = "all gates passed" if verdicts else "no gates: passed on completion"
+        if early:
+            rec.reason += f", early at {early[0]:.0f}s of {stage.duration:g}s"
         st.stage_index = i + 1
         self.out.stage_done(rec)
         self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)

@@ -291,6 +291,7 @@ def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStat
                 recorder.roll_second(elapsed)
                 recorder.stats.elapsed = elapsed
                 recorder.stats.users = runner.user_count
+                recorder.stats.cpu_max = max(recorder.stats.cpu_max, float(getattr(runner, "current_cpu_usage", 0.0) or 0.0))
                 if on_tick(recorder.stats):
                     break
             gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))

@@ -65,6 +65,7 @@ class StageStats:
     cohort_routing: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
     users: int = 0
+    cpu_max: float = 0.0  # the load generator's own CPU % (Locust's monitor); ~100 means saturated
     timeline: list[dict[str, Any]] = field(default_factory=list)  # one entry a second
     # declared metrics (load.metrics): metric -> role -> values seen (response content, custom, prometheus)
     metrics: dict[str, dict[str, Histogram]] = field(default_factory=dict)
@@ -107,6 +108,7 @@ class StageStats:
         out: dict[str, Any] = {role: vs.summary() for role, vs in self.by_role.items() if vs.requests}
         out["all"] = self.role("all").summary()
         out["elapsed_s"] = round(self.elapsed, 2)
+        out["load_cpu_max"] = round(self.cpu_max, 1)
         out["users"] = self.users
         if self.cohort_routing:
             out["cohort_routing"] = dict(self.cohort_routing)

@@ -316,6 +316,10 @@ class Stage(Strict):
         None, description="one header match sent entirely to the canary, e.g. {x-team: payments}"
     )
     duration: Duration
+    min_duration: Duration | None = Field(
+        None, description="end the stage early once every gate has passed and this much time has gone by "
+        "(only sequential gates can pass before the end)"
+    )
     users: int | None = Field(None, ge=1, le=100000, description="overrides load.users")
     spawn_rate: float | None = Field(None, gt=0)
     approval: Literal["auto", "manual"] = "auto"

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rollout.backends.kubernetes import routers
+from rollout.backends.kubernetes import dryrun, routers
 from rollout.backends.kubernetes.client import DEPLOYMENTS, EVENTS, HTTPROUTES, INGRESSES, MERGE_PATCH, Conflict, Kube
 from rollout.backends.kubernetes.store import micro_time
 from rollout.engine.state import ALL_STABLE, Split, State
@@ -36,6 +36,7 @@ from rollout.plan.model import KubernetesTarget
 STRATEGIC = "application/strategic-merge-patch+json"
 VERSION_ANNOTATION = "rollout.dev/version"
 GW = ("gateway.networking.k8s.io", "v1")
+MAX_TEMPLATES = 20  # pod templates kept for `revert --to-revision` (as many as state.revisions)
 REVERT_HINT = "`rollout revert` puts all traffic back on stable"
 
 
@@ -51,6 +52,11 @@ class KubernetesBackend:
         self.poll = poll
         self.sleep = sleep
         self.checkpoint: Callable[[], None] = lambda: None
+        self.cli_images: tuple[str, dict[str, str]] | None = None  # `--image NAME=REF`: (version, images)
+
+    def set_images(self, version: str, images: dict[str, str]) -> None:
+        """The canary's images from the command line (`--image`), recorded in the state when it is deployed."""
+        self.cli_images = (version, dict(images))
 
     # -- Deployments -------------------------------------------------------
 
@@ -65,14 +71,33 @@ class KubernetesBackend:
     def _containers(dep: dict[str, Any]) -> list[dict[str, Any]]:
         return ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
 
-    def images_for(self, version: str, dep: dict[str, Any]) -> dict[str, str]:
+    def recorded_images(self, version: str, state: State | None) -> dict[str, str] | None:
+        """Images of a version that is not in the plan: given with --image (recorded), or a revision's template."""
+        if self.cli_images and self.cli_images[0] == version:
+            return dict(self.cli_images[1])
+        if state is None:
+            return None
+        got = (state.backend.get("images") or {}).get(version)
+        if got:
+            return dict(got)
+        tpl = self.template_of(state, version)
+        return {c["name"]: c.get("image") for c in dryrun.containers({"spec": {"template": tpl}})} if tpl else None
+
+    def images_for(self, version: str, dep: dict[str, Any], state: State | None = None) -> dict[str, str]:
         """container name -> image for `version` in Deployment `dep`."""
+        recorded = self.recorded_images(version, state)
         spec = self.target.versions.get(version)
         name = dep["metadata"]["name"]
-        if spec is None:
-            raise BackendError(f"version {version} is not in the plan's target.versions ({', '.join(self.target.versions)})",
-                               "add it to the plan or name one of those")
         names = [c["name"] for c in self._containers(dep)]
+        if recorded is not None and (self.cli_images and self.cli_images[0] == version or spec is None):
+            unknown = sorted(set(recorded) - set(names))
+            if unknown:
+                raise BackendError(f"version {version} names containers {', '.join(unknown)} that Deployment {self.ns}/{name} does not have ({', '.join(names)})",
+                                   "give --image with one of those container names")
+            return recorded
+        if spec is None:
+            raise BackendError(f"version {version} is not in the plan's target.versions ({', '.join(self.target.versions)}) "
+                               "nor recorded for this rollout", "add it to the plan, give its images with --image, or name one of those")
         if spec.image is not None:
             if len(names) != 1:
                 raise BackendError(f"version {version} gives one `image`, but Deployment {self.ns}/{name} has containers {', '.join(names)}",
@@ -88,13 +113,10 @@ class KubernetesBackend:
         current = {c["name"]: c.get("image") for c in self._containers(dep)}
         return all(current.get(c) == i for c, i in images.items())
 
-    def _set_version(self, name: str, version: str, replicas: int | None) -> dict[str, Any]:
+    def _set_version(self, name: str, version: str, replicas: int | None, state: State | None = None) -> dict[str, Any]:
         dep = self._get(name)
-        images = self.images_for(version, dep)
-        body: dict[str, Any] = {"metadata": {"annotations": {VERSION_ANNOTATION: version}},
-                                "spec": {"template": {"spec": {"containers": [{"name": c, "image": i} for c, i in images.items()]}}}}
-        if replicas is not None:
-            body["spec"]["replicas"] = replicas
+        images = self.images_for(version, dep, state)
+        body = dryrun.image_body(version, images, replicas)
         if self._has_images(dep, images) and (replicas is None or dep["spec"].get("replicas") == replicas):
             return dep
         out = self._patch(name, body)
@@ -232,13 +254,66 @@ class KubernetesBackend:
 
     # -- Backend protocol --------------------------------------------------
 
+    # -- revision history: the pod template of every known-good version ------
+
+    @staticmethod
+    def template_of(state: State, version: str) -> dict[str, Any] | None:
+        for entry in reversed(state.backend.get("templates") or []):
+            if entry.get("version") == version:
+                return entry.get("template")
+        return None
+
+    def _remember(self, state: State, version: str, template: dict[str, Any]) -> None:
+        """Keep `version`'s pod template (the latest per version; bounded like state.revisions)."""
+        keep = [e for e in state.backend.get("templates") or [] if e.get("version") != version]
+        keep.append({"version": version, "template": template})
+        wanted = {r.version for r in state.revisions} | {version}
+        state.backend["templates"] = [e for e in keep if e["version"] in wanted][-MAX_TEMPLATES:]
+        images = state.backend.get("images") or {}
+        if images:  # --image records: only for versions still in the history or rolling out
+            live = wanted | {state.canary_version}
+            state.backend["images"] = {v: i for v, i in images.items() if v in live}
+
+    def _replace_template(self, name: str, make: Callable[[dict[str, Any]], dict[str, Any]], version: str) -> dict[str, Any]:
+        """PUT the Deployment with the pod template `make(current)`, guarded by resourceVersion; returns it as stored."""
+        for _ in range(5):
+            dep = self._get(name)
+            template = make(dep)
+            if template == dep["spec"]["template"]:
+                return dep
+            dep["spec"]["template"] = template
+            dep["metadata"].setdefault("annotations", {})[VERSION_ANNOTATION] = version
+            try:
+                out = self.kube.call("update", DEPLOYMENTS, name, self.kube.apps.replace_namespaced_deployment, name, self.ns, dep)
+                self.checkpoint()
+                return out
+            except Conflict:
+                continue
+        raise BackendError(f"Deployment {self.ns}/{name} kept changing while its pod template was replaced", "run the command again")
+
+    def _restore(self, state: State, stable: dict[str, Any]) -> None:
+        """The stable Deployment runs the recorded stable version: its kept template if there is one, else its images."""
+        d = self.target.deployments
+        version = state.stable_version
+        kept = self.template_of(state, version)
+        reverting = state.transition is not None and state.transition.action == "revert"
+        drifted = not self._has_images(stable, self.images_for(version, stable, state))
+        if kept is not None and (drifted or reverting) and kept.get("spec") != stable["spec"]["template"].get("spec"):
+            own = stable["spec"]["template"].get("metadata") or {}
+            self._replace_template(d.stable, lambda cur: {
+                "metadata": {**((cur["spec"]["template"].get("metadata")) or {}),
+                             "annotations": {**(own.get("annotations") or {}), **((kept.get("metadata") or {}).get("annotations") or {})}},
+                "spec": kept["spec"]}, version)
+            self.wait_ready(d.stable)
+        elif drifted:  # e.g. a promotion abandoned halfway: the stable Deployment must run the known-good version
+            self._set_version(d.stable, version, None, state)
+            self.wait_ready(d.stable)
+        elif kept is None:  # first sight of the known-good version: keep its template for `revert --to-revision`
+            self._remember(state, version, stable["spec"]["template"])
+
     def ensure(self, state: State, canary: bool = True) -> None:
         d = self.target.deployments
-        stable = self._get(d.stable)
-        if not self._has_images(stable, self.images_for(state.stable_version, stable)):
-            # e.g. a promotion abandoned halfway: the stable Deployment must run the known-good version
-            self._set_version(d.stable, state.stable_version, None)
-            self.wait_ready(d.stable)
+        self._restore(state, self._get(d.stable))
         if self.target.router == "replicas":
             self._total(state)
         if not canary:
@@ -246,7 +321,7 @@ class KubernetesBackend:
         rec = state.backend.get("canary")
         if rec and state.phase.active and state.canary_version:
             dep = self._get(d.canary)
-            if rec["version"] != state.canary_version or not self._has_images(dep, self.images_for(state.canary_version, dep)):
+            if rec["version"] != state.canary_version or not self._has_images(dep, self.images_for(state.canary_version, dep, state)):
                 self.deploy_canary(state, state.canary_version)
             self._route(state, state.split, canary=True)
         else:
@@ -260,8 +335,10 @@ class KubernetesBackend:
         # the replicas router gets the canary's pods at the first shift: any pod of it serves users
         replicas = 0 if self.target.router == "replicas" else self.target.canary_replicas
         state.backend["canary"] = {"version": version, "deployment": d.canary}
+        if self.cli_images and self.cli_images[0] == version:  # later commands (and revert) need them
+            state.backend.setdefault("images", {})[version] = dict(self.cli_images[1])
         self.checkpoint()
-        self._set_version(d.canary, version, replicas)
+        self._set_version(d.canary, version, replicas, state)
         self._event("CanaryDeploying", f"rollout: deploying {version} as the canary ({replicas} pods)")
         try:
             self.wait_ready(d.canary)
@@ -291,29 +368,16 @@ class KubernetesBackend:
         version = state.canary_version
         stable = self._get(d.stable)
         if rec is None:
-            if version and self._has_images(stable, self.images_for(version, stable)):
+            if version and self._has_images(stable, self.images_for(version, stable, state)):
+                if self.template_of(state, version) is None:
+                    self._remember(state, version, stable["spec"]["template"])
                 return  # already promoted (a killed command is finishing)
             raise BackendError(f"cannot promote: no canary of {version} is deployed", "run `rollout revert`, then roll it out again")
-        for _ in range(5):  # the stable Deployment gets the canary's pod template (its own labels: the selector is immutable)
-            canary, stable = self._get(d.canary), self._get(d.stable)
-            template = stable["spec"]["template"]
-            ctemplate = canary["spec"]["template"]
-            new_template = {"metadata": {**(template.get("metadata") or {}),
-                                         "annotations": {**((template.get("metadata") or {}).get("annotations") or {}),
-                                                         **((ctemplate.get("metadata") or {}).get("annotations") or {})}},
-                            "spec": ctemplate["spec"]}
-            if new_template == template:
-                break
-            stable["spec"]["template"] = new_template
-            stable["metadata"].setdefault("annotations", {})[VERSION_ANNOTATION] = rec["version"]
-            try:
-                self.kube.call("update", DEPLOYMENTS, d.stable, self.kube.apps.replace_namespaced_deployment, d.stable, self.ns, stable)
-                self.checkpoint()
-                break
-            except Conflict:
-                continue
-        else:
-            raise BackendError(f"Deployment {self.ns}/{d.stable} kept changing during the promotion", "run the command again")
+        canary = self._get(d.canary)
+        # the stable Deployment gets the canary's pod template (its own labels: the selector is immutable)
+        promoted = self._replace_template(d.stable, lambda cur: dryrun.promoted_template(cur, canary), rec["version"])
+        self._remember(state, rec["version"], promoted["spec"]["template"])  # the revision history
+        self.checkpoint()
         if self.target.router == "replicas":
             self._scale(d.stable, self._total(state))
         self.wait_ready(d.stable)

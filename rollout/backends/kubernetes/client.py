@@ -170,6 +170,8 @@ def connect(kubeconfig: str | None = None, context: str | None = None, namespace
     cfg = k8s.Configuration()
     ctx_ns: str | None = None
     where = ""
+    if kubeconfig and not os.path.exists(kubeconfig):  # asked for by name: never fall back to another identity
+        raise BackendError(f"the kubeconfig {kubeconfig} does not exist", "fix --kubeconfig (or target.kubeconfig in the plan)")
     try:
         if os.path.exists(path):
             k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
