@@ -17,8 +17,6 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Secret, SecretStr, WithJsonSchema, field_validator, model_validator
 
-from rollout.plan.units import parse_duration
-
 Event = Literal["stage-started", "gate-failed", "rolled-back", "awaiting-review", "promoted", "reverted", "aborted"]
 EVENTS: tuple[str, ...] = get_args(Event)
 
@@ -113,6 +111,9 @@ class SecretUrl(Secret[str]):
     def _display(self) -> str:
         return redact(self.get_secret_value())
 
+    def __repr__(self) -> str:  # as a quoted string: plan errors read `found 'https://hooks.slack.com/services/***/***/***'`
+        return repr(self._display())
+
 
 def _wrap_secrets(data: Any) -> Any:
     """Before any field is validated, so even an error shows only the redacted forms."""
@@ -127,9 +128,16 @@ def _wrap_secrets(data: Any) -> Any:
     return data
 
 
+def _seconds(value: object) -> float:
+    # imported here: rollout.plan.model imports this module, so importing rollout.plan at import time is circular
+    from rollout.plan.units import parse_duration
+
+    return parse_duration(value)
+
+
 Seconds = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_seconds),
     WithJsonSchema(
         {
             "anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?\s*(ms|s|m|h)$"}, {"type": "number", "exclusiveMinimum": 0}],

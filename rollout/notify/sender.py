@@ -5,7 +5,9 @@ alerts (in order: a receiver sees `gate-failed` before `rolled-back`). Each
 attempt has the webhook's timeout (connecting, sending, each wait for the
 answer); failed attempts (timeouts, connection errors, 408/425/429, 5xx) are
 retried `retries` times with exponential backoff (Retry-After honoured, capped);
-other 4xx answers fail at once. `emit` never blocks and never raises.
+other 4xx answers fail at once. A webhook whose last alert failed that way gets
+one attempt per alert until it answers again, so alerts queued behind a dead
+receiver are not held up by retries. `emit` never blocks and never raises.
 
 Under gevent (load commands import locust, which monkey-patches threading,
 socket, time and queue) the worker threads are greenlets and every wait in them
@@ -152,6 +154,7 @@ class Notifier:
         self._records: collections.deque[_Record] = collections.deque(maxlen=keep)
         self._pending = 0
         self._queued = [0] * len(self.webhooks)
+        self._failing = [False] * len(self.webhooks)  # the last alert to it failed after its retries: no retries until it answers
         self._queues: list[queue.Queue[tuple[_Record, bytes] | None]] = [queue.Queue() for _ in self.webhooks]
         self._secrets = [w.secrets() for w in self.webhooks]
         self._threads: list[threading.Thread] = []
@@ -247,9 +250,9 @@ class Notifier:
             self._queued[rec.webhook] -= 1
             self._cv.notify_all()
         if status == "failed":
-            log.warning("alert %s", rec.snapshot().describe())
+            log.warning("%s", rec.snapshot().describe())
         else:
-            log.debug("alert %s", rec.snapshot().describe())
+            log.debug("%s", rec.snapshot().describe())
 
     def _work(self, i: int) -> None:
         client = None
@@ -284,7 +287,7 @@ class Notifier:
         httpx = self._httpx
         w = self.webhooks[i]
         headers = {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT, **w.secret_headers()}
-        tries = w.retries + 1
+        tries = 1 if self._failing[i] else w.retries + 1
         reason = ""
         for attempt in range(1, tries + 1):
             with self._cv:
@@ -294,6 +297,7 @@ class Notifier:
                 with client.stream("POST", w.secret_url(), content=body, headers=headers) as resp:
                     code = resp.status_code
                     if 200 <= code < 300:
+                        self._failing[i] = False
                         self._finish(rec, "ok", f"HTTP {code}")
                         return
                     reason = f"HTTP {code} {resp.reason_phrase}".rstrip() + self._snippet(resp)
@@ -309,6 +313,10 @@ class Notifier:
             with self._cv:
                 rec.reason = reason
             if not retryable or attempt == tries:
+                if retryable:
+                    if tries == 1 and w.retries:
+                        reason += "; not retried: its previous alert failed too"
+                    self._failing[i] = True
                 break
             delay = min(self.max_backoff, wait if wait is not None else self.backoff * 2 ** (attempt - 1))
             if self._closed.wait(delay):
