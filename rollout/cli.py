@@ -61,6 +61,7 @@ JunitOpt = Annotated[Optional[str], typer.Option("--junit", help="write a JUnit 
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="write the full JSON report (re-render it with `rollout report`)", metavar="FILE")]
 MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)", metavar="FILE")]
 HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
@@ -152,7 +153,8 @@ def schema() -> int:
 
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
-           conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None) -> int:
+           conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
+           workers: int | None = None) -> int:
     images = _images(image, version)
     if images:
         version = images[0]
@@ -163,33 +165,43 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
 
+        n_workers = workers if workers is not None else loaded.plan.load.workers
+        if n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed)
+            from rollout.load.distributed import load_runner as distributed_runner
+
+            engine.load_runner = distributed_runner(n_workers)
         capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
         started = time.time()
-        outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
-        rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
-        return _finish(outcome)
+        try:
+            outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+            rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
+            return _finish(outcome)
+        finally:
+            engine.finish_alerts()
 
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
-        junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None) -> int:
+        junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
+        workers: WorkersOpt = None) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "run", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
 
 
 @app.command()
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
             context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
-            junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None) -> int:
+            junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
+            workers: WorkersOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
 
 
 @app.command()
@@ -235,6 +247,34 @@ def report(
     return EXIT_OK
 
 
+@app.command(name="plan")
+def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, output: OutputOpt = Output.text,
+            state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
+            namespace: NamespaceOpt = None) -> int:
+    """Dry run: each stage's traffic change (kubernetes: the exact patches, from the live objects read with `get`); applies nothing."""
+    from rollout.backends.kubernetes import dryrun
+    from rollout.errors import UsageError
+
+    images = _images(image, version)
+    loaded = _load(plan)
+    if loaded.plan.target.backend == "kubernetes":
+        from rollout.backends import factory
+
+        backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
+        if images:
+            backend.set_images(*images)
+        chosen = images[0] if images else (version or loaded.plan.target.canary)
+        if chosen is None:
+            raise UsageError("no version to roll out: the plan names no target.canary", "give --version V or --image NAME=REF")
+        doc = backend.dry_run(store.load(), chosen)
+    else:
+        if images:
+            raise UsageError(f"--image sets container images, which the {loaded.plan.target.backend} backend has not", "leave it out")
+        doc = {"plan": loaded.plan.name, "backend": loaded.plan.target.backend, "applied": False, "steps": dryrun.local_steps(loaded.plan)}
+    print(json.dumps(doc, indent=2) if output is Output.json else dryrun.render(doc))
+    return EXIT_OK
+
+
 @app.command()
 def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
            context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
@@ -277,7 +317,11 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
             force: bool = False) -> int:
     loaded, store, make_engine = _engine(plan, state_dir, with_load=False, conn=conn)
     with store.lock(verb, force=force):
-        return _finish(call(make_engine()))
+        engine = make_engine()
+        try:
+            return _finish(call(engine))
+        finally:
+            engine.finish_alerts()
 
 
 @app.command()
@@ -303,9 +347,10 @@ def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, 
 
 @app.command()
 def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
-    """Whatever the state: all traffic back to the last known-good version, canary stopped."""
-    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason), _conn(kubeconfig, context, namespace), force)
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        to_revision: Annotated[Optional[int], typer.Option("--to-revision", min=1, help="back to this older revision (`rollout status -o json` lists them: state.revisions), without running stages")] = None) -> int:
+    """Whatever the state: all traffic back to the last known-good version (or --to-revision N), canary stopped."""
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace), force)
 
 
 @app.command()

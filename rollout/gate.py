@@ -35,7 +35,12 @@ from urllib.parse import urlsplit
 
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, InfraError, UsageError
 from rollout.plan.model import Gate
-from rollout.plan.units import fmt_duration, parse_duration, parse_latency, parse_percent
+from rollout.plan.units import (
+    fmt_duration,
+    parse_duration,
+    parse_latency,
+    parse_percent,
+)
 
 PROBE_TIMEOUT = 3.0
 METRIC_ALIASES = {"errors": "error_rate", "error_rate": "error_rate", "error-rate": "error_rate", "p50": "p50", "p90": "p90", "p95": "p95", "p99": "p99"}
@@ -55,17 +60,13 @@ def parse_gate(expr: str, min_requests: int = 100) -> tuple[str, Gate]:
     metric = METRIC_ALIASES.get(word.lower())
     if metric is None:
         raise UsageError(f"--gate {expr!r}: unknown metric `{word}`", "expected one of errors, p50, p90, p95, p99")
-    try:
-        if metric == "error_rate":
-            value = parse_percent(limit)
-        else:
-            value = parse_latency(limit)
+    limit = limit.replace(" ", "")
+    try:  # the plan's own unit parsers, for their exact "expected ..." wording
+        (parse_percent if metric == "error_rate" else parse_latency)(limit)
     except ValueError as exc:
         raise UsageError(f"--gate {expr!r}: limit `{limit}` is not valid for {word}: expected {exc}", f"write it {EXAMPLES}") from None
-    name = f"{'errors' if metric == 'error_rate' else metric}<{limit.replace(' ', '')}"
-    gate = Gate(metric=metric, version="all", max=limit.replace(" ", ""), min_requests=min_requests)
-    assert gate.max is not None and abs(float(gate.max) - value) < 1e-9
-    return name, gate
+    name = f"{'errors' if metric == 'error_rate' else metric}<{limit}"
+    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests)
 
 
 def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
@@ -94,7 +95,15 @@ def probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     host, port = check_url(url)
     t0 = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        import gevent  # under gevent (the CLI imports locust first) the name lookup is bounded too
+
+        bound: Any = gevent.Timeout(timeout + 2.0, TimeoutError(f"no answer within {timeout + 2.0:g}s"))
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        bound = contextlib.nullcontext()
+    try:
+        with bound, socket.create_connection((host, port), timeout=timeout):
             return
     except OSError as exc:  # refused, timed out, no route, unknown name
         took = time.monotonic() - t0
@@ -181,7 +190,7 @@ def resolve(
         header = plan.load.version_header
         roles = {v: v for v in plan.target.versions}
         max_requests = plan.load.max_requests
-        plan_workers = getattr(plan.load, "workers", None) or 0
+        plan_workers = plan.load.workers
     else:
         missing = [flag for flag, v in (("--host", host), ("--locustfile", locustfile), ("--duration", duration)) if not v]
         if missing:
@@ -190,7 +199,7 @@ def resolve(
                 "e.g. rollout gate --host http://127.0.0.1:8000 --locustfile load.py --users 20 --duration 30s --gate 'p95<300ms'",
             )
         if not gate_exprs:
-            raise UsageError("no gate to judge: give at least one --gate", f"e.g. --gate 'p95<300ms' --gate 'errors<1%'")
+            raise UsageError("no gate to judge: give at least one --gate", "e.g. --gate 'p95<300ms' --gate 'errors<1%'")
         assert host and locustfile and duration
         lf = Path(locustfile)
         users = users or 10
@@ -305,6 +314,9 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
         summary = f"all {len(verdicts)} gate{'s' if len(verdicts) != 1 else ''} passed ({stats.requests:,} requests in {stats.elapsed:,.1f}s)"
     if stats.requests == 0 and code == EXIT_OK:
         code, result, summary = EXIT_GATE_FAILED, "inconclusive", "no request was made: nothing was judged"
+    elif code == EXIT_OK and stats.failures == stats.requests:  # e.g. latency gates only, and every request failed fast
+        code, result = EXIT_GATE_FAILED, "failed"
+        summary = f"every one of the {stats.requests:,} requests failed (no gate judged errors; add --gate 'errors<1%')"
     report = gate_report(setup, stats, verdicts, decided.get("t"), started, ended, result, code, summary)
     return GateResult(code, summary, report)
 

@@ -153,3 +153,12 @@ def test_every_traffic_change_is_saved_before_and_after(loaded: Any) -> None:
     engine.abort("")
     assert seen and all(t is not None and t.action == "abort" for t in seen)
     assert store.state is not None and store.state.transition is None
+
+
+def test_revert_after_a_finished_rollout_adds_no_bogus_history(loaded: Any) -> None:
+    st = new_state("svc", "v2", now=1.0)
+    st.phase = Phase.PROMOTED
+    engine, backend, store = _engine(loaded, st)
+    engine.revert("just in case")
+    assert store.state is not None and store.state.past == [] and store.state.phase is Phase.PROMOTED
+    assert backend.split == ALL_STABLE

@@ -127,7 +127,7 @@ def test_gateway_api_split_cohort_and_stop(tmp_path: Path, fake: FakeApiServer, 
     live = b.inspect(state)
     assert live["traffic"] == {"router": "gateway-api", "note": None, "weight": 0.1, "cohort": ["x-team", "payments"]}
     assert live["deployments"]["canary"] == {"deployment": "answer-canary", "images": {"app": IMAGE.format("2.0")},
-                                             "replicas": 1, "available": 1}
+                                             "replicas": 1, "available": 1, "ready": 1}
     assert conflict.hits == 1 and fake.count("patch", "httproutes") >= 2
     assert saves, "changes in the cluster are checkpointed"
 

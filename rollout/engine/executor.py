@@ -34,12 +34,17 @@ from rollout.gates.health import health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
+from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import Stage
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
 
 ROLLBACK_ACTIONS = {"rollback": Phase.ROLLED_BACK, "abort": Phase.ABORTED, "revert": Phase.ROLLED_BACK}
+# audit actions that alert as they are; gate-failed and the end of a rollback are emitted where they happen
+ALERT_FOR_ACTION = {"stage-started": "stage-started", "awaiting-review": "awaiting-review", "promoted": "promoted"}
+ALERT_FOR_ROLLBACK = {"rollback": "rolled-back", "abort": "aborted", "revert": "reverted"}
+ALERT_FLUSH_SECONDS = 10.0  # at command end, how long to wait for alerts still being sent
 
 
 class Reporter(Protocol):
@@ -67,6 +72,7 @@ class Engine:
         who: str,
         load_runner: LoadRunner | None = None,
         clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self.loaded = loaded
         self.plan = loaded.plan
@@ -78,6 +84,7 @@ class Engine:
         self.clock = clock
         self.state: State = self._load()
         backend.checkpoint = self.save
+        self.notifier = notifier if notifier is not None else Notifier(self.plan.notify, self.plan.name, self.plan.owner)
 
     # -- state -------------------------------------------------------------
 
@@ -95,6 +102,34 @@ class Engine:
         self.state.record(self.who, action, detail, self.clock())
         if echo:
             self.out.event(detail)
+        if action in ALERT_FOR_ACTION:
+            self.notifier.emit(ALERT_FOR_ACTION[action], detail, self._alert_details())
+
+    def _alert_details(self, **extra: Any) -> dict[str, Any]:
+        """What a webhook receiver gets besides the message: where the rollout stands."""
+        st = self.state
+        details: dict[str, Any] = {"rollout": st.rollout_number, "stable": st.stable_version, "canary": st.canary_version,
+                                   "phase": st.phase.value, "traffic": st.split.describe(), "by": self.who}
+        if st.stages:
+            rec = st.stages[-1]
+            details["stage"] = {"number": rec.index + 1, "of": len(self.plan.stages), "name": rec.name, "status": rec.status.value}
+        return {**details, **extra}
+
+    def finish_alerts(self, timeout: float = ALERT_FLUSH_SECONDS) -> None:
+        """At command end, inside the lock: wait (bounded) for alerts in flight; record failures in the state."""
+        n = self.notifier
+        if not n.webhooks:
+            return
+        if n.pending:
+            self.out.event(f"sending {n.pending} alert(s) (waiting at most {timeout:g}s)")
+        n.flush(timeout)
+        bad = [d for d in n.results() if d.status != "ok"]
+        for d in bad:
+            why = d.reason if d.status == "failed" else f"not sent within {timeout:g}s of the command's end" + (f" (last try: {d.reason})" if d.reason else "")
+            self._audit("alert-failed", f"`{d.event}` alert to {d.url} failed: {why}")
+        n.close(timeout=0)
+        if bad:
+            self.save()
 
     # -- driving forward -----------------------------------------------------
 
@@ -269,6 +304,8 @@ class Engine:
             rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in critical)
             self.out.stage_done(rec)
             self.save()
+            self.notifier.emit("gate-failed", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}; rolling back to {st.stable_version}",
+                               self._alert_details(verdicts=[v.as_dict() for v in critical]))
             self._rollback("rollback", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}")
             return "failed"
         if uncertain:
@@ -328,14 +365,18 @@ class Engine:
 
     def _complete_rollback(self) -> None:
         st = self.state
+        cause = st.transition.action if st.transition is not None else "rollback"
         self.backend.ensure(st, canary=False)
         self.backend.apply_split(st, ALL_STABLE)
         st.split = ALL_STABLE
         self.save()
         self.backend.stop_canary(st)
         st.transition = None
-        self._audit("stable", f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped")
-        self._archive(st.phase.value)
+        done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
+        self._audit("stable", done)
+        self.notifier.emit(ALERT_FOR_ROLLBACK.get(cause, "rolled-back"), f"{done} — {st.reason}", self._alert_details(reason=st.reason))
+        if st.canary_version:  # a rollout ended here (not a revert of an already finished one)
+            self._archive(st.phase.value)
         self.save()
 
     def _promote(self) -> None:
@@ -435,15 +476,28 @@ class Engine:
         self._rollback("abort", f"aborted by {self.who}" + (f": {reason}" if reason else ""))
         return Outcome("aborted", f"aborted: all traffic on {st.stable_version}, canary stopped")
 
-    def revert(self, reason: str) -> Outcome:
-        """Whatever the state: all traffic to the last known-good version, the canary stopped."""
+    def revert(self, reason: str, to_revision: int | None = None) -> Outcome:
+        """Whatever the state: all traffic to the last known-good version (or revision `to_revision`,
+        which becomes the newest revision, as `kubectl rollout undo` does), the canary stopped. No stage runs."""
         st = self.state
         was = st.phase
+        target = None
+        if to_revision is not None:
+            target = next((r for r in st.revisions if r.number == to_revision), None)
+            if target is None:
+                known = ", ".join(f"{r.number} ({r.version})" for r in st.revisions) or "none"
+                raise UsageError(f"there is no revision {to_revision} of `{self.plan.name}` (kept: {known})",
+                                 "pick one of those; `rollout status -o json` lists them under state.revisions")
         if st.transition is not None and st.transition.action == "promote":
             # a promotion that did not finish: the known-good version is still the recorded stable one
             self.out.event("an interrupted promotion is abandoned: reverting to the recorded stable version")
         st.phase = Phase.ROLLED_BACK if was.active or st.transition is not None else was
         st.reason = f"reverted by {self.who}" + (f": {reason}" if reason else "")
+        if target is not None and (target.version != st.stable_version or target.number != st.revisions[-1].number):
+            st.reason += f"; back to revision {target.number} ({target.version}, was {st.stable_version})"
+            st.stable_version = target.version
+            st.add_revision(target.version, self.who, self.clock())
+            st.phase = Phase.ROLLED_BACK
         st.transition = Transition("revert", ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit("revert", st.reason)
         self.save()

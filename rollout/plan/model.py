@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from rollout.notify import Webhook
 from rollout.plan.units import parse_duration, parse_latency, parse_percent, parse_weight
 
 Duration = Annotated[
@@ -210,6 +211,9 @@ class Load(Strict):
     max_requests: int | None = Field(
         None, ge=1, description="hard bound on requests per stage; the stage's load stops there"
     )
+    workers: int = Field(
+        0, ge=0, le=64, description="Locust worker processes (master/worker mode on this machine); 0 runs the load in the CLI's process"
+    )
     metrics: dict[str, MetricSource] = Field(
         default_factory=dict, description="values measured per version besides errors and latency, usable in gates"
     )
@@ -366,6 +370,11 @@ class Plan(Strict):
     gates: dict[str, Gate] = Field(default_factory=dict, description="gates for every stage")
     review: Review = Field(default_factory=Review, description="inconclusive stages wait for `rollout approve` / `rollout reject`")
     stages: list[Stage] = Field(min_length=1)
+    notify: list[Webhook] = Field(
+        default_factory=list,
+        description="webhooks told when a stage starts, a gate fails, the rollout is rolled back, awaits review, "
+        "is promoted, reverted or aborted; sent in the background, never delaying a rollback",
+    )
 
     def stage_gates(self, index: int) -> dict[str, Gate]:
         """The plan's gates with the stage's merged over them by name (null removes one)."""

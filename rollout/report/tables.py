@@ -90,6 +90,9 @@ def notes(state: State) -> list[str]:
             f"a `{t.action}` towards {t.to.describe()} was started by pid {t.pid} ({t.by}) and did not finish; "
             f"traffic may be half-changed: `rollout advance` finishes it, `rollout revert` puts all traffic on stable"
         )
+    failed_alerts = [h for h in state.history if h.action == "alert-failed" and h.at >= (state.started_at or 0.0)]
+    if failed_alerts:
+        out.append(f"{len(failed_alerts)} alert(s) of this rollout could not be delivered; latest: {failed_alerts[-1].detail}")
     rec = state.current_stage()
     if rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not _pid_alive(rec.pid):
         out.append(
@@ -115,7 +118,11 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
     if state.phase.active:
         n = len(plan.stages)
         lines.append(f"Stage:    {min(state.stage_index + 1, n)}/{n}" + (f" `{plan.stages[state.stage_index].name}`" if state.stage_index < n else " (promotion next)"))
-    if live:
+    if live and live.get("backend") == "kubernetes":  # the Deployments, and the weight read back from the router
+        from rollout.backends.kubernetes.report import live_lines
+
+        lines += live_lines(state, live)
+    elif live:
         bits = []
         for role in ("stable", "canary"):
             p = live.get(role)

@@ -26,10 +26,18 @@ from collections.abc import Callable
 from typing import Any
 
 from rollout.backends.kubernetes import dryrun, routers
-from rollout.backends.kubernetes.client import DEPLOYMENTS, EVENTS, HTTPROUTES, INGRESSES, MERGE_PATCH, Conflict, Kube
+from rollout.backends.kubernetes.client import (
+    DEPLOYMENTS,
+    EVENTS,
+    HTTPROUTES,
+    INGRESSES,
+    MERGE_PATCH,
+    Conflict,
+    Kube,
+)
 from rollout.backends.kubernetes.store import micro_time
 from rollout.engine.state import ALL_STABLE, Split, State
-from rollout.errors import BackendError, RolloutError
+from rollout.errors import BackendError, RolloutError, UsageError
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import KubernetesTarget
 
@@ -72,28 +80,28 @@ class KubernetesBackend:
         return ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
 
     def recorded_images(self, version: str, state: State | None) -> dict[str, str] | None:
-        """Images of a version that is not in the plan: given with --image (recorded), or a revision's template."""
+        """Images given with --image: on this command line, or recorded in the state by an earlier one."""
         if self.cli_images and self.cli_images[0] == version:
             return dict(self.cli_images[1])
-        if state is None:
-            return None
-        got = (state.backend.get("images") or {}).get(version)
-        if got:
-            return dict(got)
-        tpl = self.template_of(state, version)
-        return {c["name"]: c.get("image") for c in dryrun.containers({"spec": {"template": tpl}})} if tpl else None
+        got = (state.backend.get("images") or {}).get(version) if state is not None else None
+        return dict(got) if got else None
 
     def images_for(self, version: str, dep: dict[str, Any], state: State | None = None) -> dict[str, str]:
-        """container name -> image for `version` in Deployment `dep`."""
+        """container name -> image for `version` in Deployment `dep`: --image (given or recorded) first,
+        then the plan's target.versions, then the kept pod template of a promoted revision."""
         recorded = self.recorded_images(version, state)
         spec = self.target.versions.get(version)
         name = dep["metadata"]["name"]
         names = [c["name"] for c in self._containers(dep)]
-        if recorded is not None and (self.cli_images and self.cli_images[0] == version or spec is None):
+        if recorded is None and spec is None and state is not None:
+            tpl = self.template_of(state, version)
+            recorded = {c["name"]: c.get("image") for c in dryrun.containers({"spec": {"template": tpl}})} if tpl else None
+        if recorded is not None:
             unknown = sorted(set(recorded) - set(names))
             if unknown:
-                raise BackendError(f"version {version} names containers {', '.join(unknown)} that Deployment {self.ns}/{name} does not have ({', '.join(names)})",
-                                   "give --image with one of those container names")
+                error = UsageError if self.cli_images and self.cli_images[0] == version else BackendError  # a bad flag is bad input
+                raise error(f"version {version} names containers {', '.join(unknown)} that Deployment {self.ns}/{name} does not have ({', '.join(names)})",
+                            "give --image with one of those container names")
             return recorded
         if spec is None:
             raise BackendError(f"version {version} is not in the plan's target.versions ({', '.join(self.target.versions)}) "
@@ -313,6 +321,12 @@ class KubernetesBackend:
 
     def ensure(self, state: State, canary: bool = True) -> None:
         d = self.target.deployments
+        if canary and self.cli_images and state.phase.active and self.cli_images[0] == state.canary_version:
+            recorded = (state.backend.get("images") or {}).get(state.canary_version)
+            if recorded is not None and recorded != self.cli_images[1]:
+                raise UsageError(f"{state.canary_version} is being rolled out with other images "
+                                 f"({', '.join(f'{c}={i}' for c, i in recorded.items())})",
+                                 "leave --image out to go on with them, or `rollout abort` first; name a new version with --version")
         self._restore(state, self._get(d.stable))
         if self.target.router == "replicas":
             self._total(state)
@@ -410,7 +424,8 @@ class KubernetesBackend:
                 dep = self._get(name)
                 st = dep.get("status") or {}
                 deployments[role] = {"deployment": name, "images": {c["name"]: c.get("image") for c in self._containers(dep)},
-                                     "replicas": dep["spec"].get("replicas", 1), "available": st.get("availableReplicas", 0)}
+                                     "replicas": dep["spec"].get("replicas", 1), "available": st.get("availableReplicas", 0),
+                                     "ready": st.get("readyReplicas", 0)}
             except BackendError as exc:
                 deployments[role] = {"deployment": name, "error": exc.what}
         traffic: dict[str, Any] = {"router": self.target.router, "note": state.backend.get("note")}
@@ -432,6 +447,35 @@ class KubernetesBackend:
         except (BackendError, ValueError) as exc:
             traffic["error"] = str(exc)
         return {"backend": self.name, "namespace": self.ns, "deployments": deployments, "traffic": traffic}
+
+    def dry_run(self, state: State | None, version: str) -> dict[str, Any]:
+        """`rollout plan`: every patch a new rollout of `version` would send, from the live objects (get only)."""
+        d = self.target.deployments
+        objects: dict[str, Any] = {"stable": self._get(d.stable), "canary": self._get(d.canary), "route": None, "ingress": None}
+        if self.target.router == "gateway-api":
+            assert self.target.httproute is not None
+            objects["route"] = self.kube.call("get", HTTPROUTES, self.target.httproute, self.kube.custom.get_namespaced_custom_object,
+                                              *GW, self.ns, "httproutes", self.target.httproute)
+        elif self.target.router == "nginx":
+            assert self.target.ingress is not None
+            objects["ingress"] = self.kube.call("get", INGRESSES, self.target.ingress, self.kube.net.read_namespaced_ingress,
+                                                self.target.ingress, self.ns)
+        stable_version = state.stable_version if state else self.target.stable
+        images = self.images_for(version, objects["canary"], state)
+        notes: list[str] = []
+        if state is not None and state.phase.active:
+            notes.append(f"a rollout of {state.canary_version} is in progress ({state.phase.value}, traffic {state.split.describe()}); "
+                         "this is what a new rollout would do from the objects as they are now")
+        if version == stable_version:
+            notes.append(f"{version} is already the stable version: `rollout run` would do nothing")
+        try:
+            steps = dryrun.steps(self.loaded.plan, objects, self.ns, stable_version, version, images,
+                                 self.images_for(stable_version, objects["stable"], state))
+        except ValueError as exc:
+            raise BackendError(f"cannot compute the patches: {exc}", "fix the objects (see manifests/) or the plan") from None
+        return {"plan": self.loaded.plan.name, "backend": self.name, "router": self.target.router, "namespace": self.ns,
+                "version": version, "stable": stable_version, "images": images, "applied": False, "notes": notes,
+                "steps": [s.as_dict() for s in steps]}
 
     def down(self, state: State) -> None:
         """Nothing here was started by this tool but the canary's pods: traffic to stable, canary to 0."""

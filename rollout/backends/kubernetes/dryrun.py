@@ -131,8 +131,8 @@ class _Sim:
             rules = routers.httproute_rules((route.get("spec") or {}).get("rules") or [], self.backends(canary), want)
             if rules != (route.get("spec") or {}).get("rules"):
                 route.setdefault("spec", {})["rules"] = rules
-                body = {"metadata": {"resourceVersion": route["metadata"].get("resourceVersion")}, "spec": {"rules": rules}}
-                step.patches.append(Patch("HTTPRoute", route["metadata"]["name"], self.ns, MERGE, body))
+                # sent with metadata.resourceVersion as read just before (compare-and-swap)
+                step.patches.append(Patch("HTTPRoute", route["metadata"]["name"], self.ns, MERGE, {"spec": {"rules": rules}}))
         else:
             ing = self.o["ingress"]
             want_ann = routers.nginx_annotations(want, canary)
@@ -199,3 +199,41 @@ def local_steps(plan: Plan) -> list[dict[str, Any]]:
         out.append({"step": f"stage {i + 1} `{s.name}`", "load_to": s.load_to,
                     "router": {"weight": split.weight, "cohort": {"header": split.cohort[0], "value": split.cohort[1]} if split.cohort else None}})
     return out
+
+
+def _describe(split: dict[str, Any] | None) -> str:
+    if split is None:
+        return ""
+    s = Split(split["weight"], tuple(split["cohort"]) if split.get("cohort") else None)  # type: ignore[arg-type]
+    return s.describe()
+
+
+def render(doc: dict[str, Any]) -> str:
+    """Text for people, from the same document `-o json` prints."""
+    import json
+
+    if doc["backend"] == "local":
+        lines = [f"Plan `{doc['plan']}` — dry run on the local backend: what its router is told per stage "
+                 "(smooth weighted round-robin: exactly that share of requests); nothing is started", ""]
+        for st in doc["steps"]:
+            r = st["router"]
+            cohort = f", cohort {r['cohort']['header']}: {r['cohort']['value']} to canary" if r["cohort"] else ""
+            lines.append(f"  {st['step']}: router weight {r['weight'] * 100:g}% to canary{cohort}; load to {st['load_to']}")
+        return "\n".join(lines)
+    head = (f"Plan `{doc['plan']}` — dry run on kubernetes, router {doc['router']}, namespace {doc['namespace']}: "
+            f"{doc['version']} over {doc['stable']} (images {', '.join(f'{c}={i}' for c, i in doc['images'].items())}); "
+            f"computed from the live objects, nothing applied")
+    lines = [head]
+    lines += [f"Note: {n}" for n in doc["notes"]]
+    for st in doc["steps"]:
+        split = _describe(st["split"])
+        lines += ["", f"{st['step']}" + (f" — {split}" if split and st["step"].startswith("stage") else "")]
+        if not st["patches"]:
+            lines.append("  (no change)")
+        for p in st["patches"]:
+            verb = "PUT (the whole object, with this part changed)" if p["type"] == UPDATE else f"PATCH {p['type']}"
+            guard = " (with the resourceVersion read just before)" if p["kind"] == "HTTPRoute" else ""
+            lines.append(f"  {p['kind']} {p['namespace']}/{p['name']}: {verb}{guard}")
+            lines.append("    " + json.dumps(p["body"], separators=(", ", ": ")))
+        lines += [f"  note: {n}" for n in st["notes"]]
+    return "\n".join(lines)

@@ -1,0 +1,166 @@
+"""Load across cores: Locust's own master/worker mode, N local worker processes, the same gates.
+
+The master runner lives in this process (`env.create_master_runner`), so the
+gates are judged here every second exactly as in `run_load`; the users run in
+N `locust -f worker_plugin.py,LOCUSTFILE --worker --master-host 127.0.0.1
+--master-port P` processes. Attribution per version: each worker records every
+request with the same recorder as the in-process load and sends per-version
+deltas (requests, failures, a latency histogram) to the master once a second
+as the custom message `rollout_stats` (see `worker_plugin`); the master merges
+them into one StageStats, which is what the judge and the reports read. So
+percentiles stay exact to the histogram's 0.5 %, not Locust's rounding, and a
+request is counted for the version whose header answered it.
+
+Lag: a worker's numbers reach the gates up to ~1 s later than in-process; at
+the end the master stops the workers and waits for their last deltas before
+it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust.env import Environment
+
+from rollout.errors import LoadError
+from rollout.load import worker_plugin
+from rollout.load.runner import (
+    TICK_SECONDS,
+    LoadSpec,
+    Recorder,
+    load_user_classes,
+    user_classes_for,
+)
+from rollout.load.stats import StageStats, VersionStats
+from rollout.stats.histogram import Histogram
+
+READY_TIMEOUT = 45.0
+FINAL_FLUSH = 5.0  # a bound only: normally the workers report stopped within a fraction of a second
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def merge_delta(stats: StageStats, data: dict[str, Any]) -> None:
+    """Add one worker's per-second delta to the stage's statistics."""
+    for role, d in (data.get("roles") or {}).items():
+        vs = stats.by_role.get(role)
+        if vs is None:
+            vs = stats.by_role[role] = VersionStats()
+        vs.merge(VersionStats(int(d["requests"]), int(d["failures"]), Histogram.from_dict(d["latency"])))
+    for key, n in (data.get("routing") or {}).items():
+        stats.cohort_routing[key] = stats.cohort_routing.get(key, 0) + int(n)
+
+
+class Workers:
+    """N worker processes; their output goes to a temporary file shown when they fail."""
+
+    def __init__(self, spec: LoadSpec, n: int, port: int) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="rollout-workers-", suffix=".log", delete=False)
+        settings = {"version_header": spec.version_header, "roles": spec.roles, "host": spec.host,
+                    "cohort": list(spec.cohort) if spec.cohort else None, "cohort_share": spec.cohort_share}
+        env = {**os.environ, worker_plugin.SPEC_ENV: json.dumps(settings), "PYTHONUNBUFFERED": "1"}
+        files = f"{Path(worker_plugin.__file__).resolve()},{spec.locustfile.resolve()}"
+        cmd = [sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
+               "--loglevel", "WARNING"]
+        self.procs = [subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) for _ in range(n)]
+
+    def output(self) -> str:
+        try:
+            return Path(self.log.name).read_text(errors="replace")[-1500:]
+        except OSError:
+            return ""
+
+    def dead(self) -> list[int]:
+        return [p.returncode for p in self.procs if p.poll() is not None]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 10
+        for p in self.procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.log.close()
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
+
+
+def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], workers: int) -> StageStats:
+    """`run_load` with the users in `workers` Locust worker processes; same contract (ticks, bounds, cleanup)."""
+    base = load_user_classes(spec.locustfile)
+    classes = user_classes_for(spec, base)
+    recorder = Recorder(spec)  # its timeline logic; the requests arrive from the workers
+    env = Environment(user_classes=classes, host=spec.host)
+    port = _free_port()
+    runner = env.create_master_runner("127.0.0.1", port)
+    runner.register_message(worker_plugin.MESSAGE, lambda msg, **_: merge_delta(recorder.stats, msg.data))
+    procs = Workers(spec, workers, port)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while len(runner.clients.ready) < workers:
+            if procs.dead() or time.monotonic() > deadline:
+                raise LoadError(f"{workers} Locust worker(s) did not connect ({len(runner.clients.ready)} ready): {procs.output().strip() or 'no output'}",
+                                "run the locustfile with `locust -f FILE --worker` to see why")
+            gevent.sleep(0.1)
+        start = time.monotonic()
+        next_tick = start + TICK_SECONDS
+        runner.start(spec.users, spawn_rate=spec.spawn_rate)
+        while True:
+            now = time.monotonic()
+            elapsed = now - start
+            if elapsed >= spec.duration:
+                break
+            if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
+                break
+            if now >= next_tick:
+                next_tick += TICK_SECONDS
+                recorder.roll_second(elapsed)
+                recorder.stats.elapsed = elapsed
+                recorder.stats.users = runner.user_count
+                if on_tick(recorder.stats):
+                    break
+            gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
+        elapsed = time.monotonic() - start
+        # Workers stop their users, send their last deltas (on test_stop), then `client_stopped`: messages
+        # arrive in order, so once the master counts every worker stopped, every delta has been merged.
+        runner.stop()
+        flush_until = time.monotonic() + FINAL_FLUSH
+        while time.monotonic() < flush_until and runner.state != "stopped":
+            gevent.sleep(0.05)
+    finally:
+        try:
+            runner.quit()
+        finally:
+            procs.stop()
+    recorder.stats.elapsed = elapsed
+    recorder.roll_second(elapsed)
+    return recorder.stats
+
+
+def load_runner(workers: int) -> Callable[[LoadSpec, Callable[[StageStats], bool]], StageStats]:
+    """A LoadRunner for the engine or `rollout gate`: in-process (`run_load`) for 0 workers, else this module's."""
+    if workers <= 0:
+        from rollout.load.runner import run_load
+
+        return run_load
+    return lambda spec, on_tick: run_load_distributed(spec, on_tick, workers=workers)
