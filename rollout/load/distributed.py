@@ -35,10 +35,10 @@ from locust.env import Environment
 from rollout.errors import LoadError
 from rollout.load import worker_plugin
 from rollout.load.runner import (
-    TICK_SECONDS,
     LoadSpec,
     Recorder,
     load_user_classes,
+    tick_until_done,
     user_classes_for,
 )
 from rollout.load.stats import StageStats, VersionStats
@@ -123,24 +123,8 @@ def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], 
                                 "run the locustfile with `locust -f FILE --worker` to see why")
             gevent.sleep(0.1)
         start = time.monotonic()
-        next_tick = start + TICK_SECONDS
         runner.start(spec.users, spawn_rate=spec.spawn_rate)
-        while True:
-            now = time.monotonic()
-            elapsed = now - start
-            if elapsed >= spec.duration:
-                break
-            if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
-                break
-            if now >= next_tick:
-                next_tick += TICK_SECONDS
-                recorder.roll_second(elapsed)
-                recorder.stats.elapsed = elapsed
-                recorder.stats.users = runner.user_count
-                if on_tick(recorder.stats):
-                    break
-            gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
-        elapsed = time.monotonic() - start
+        elapsed = tick_until_done(runner, recorder, spec, on_tick, start)
         # Workers stop their users, send their last deltas (on test_stop), then `client_stopped`: messages
         # arrive in order, so once the master counts every worker stopped, every delta has been merged.
         runner.stop()

@@ -257,6 +257,28 @@ def _r(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 3)
 
 
+def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Callable[[StageStats], bool], start: float) -> float:
+    """The one load loop (in-process and master/worker): a tick a second until the stage's time or
+    request bound is reached or `on_tick` says stop. Returns the elapsed seconds."""
+    next_tick = start + TICK_SECONDS
+    while True:
+        now = time.monotonic()
+        elapsed = now - start
+        if elapsed >= spec.duration:
+            return elapsed
+        if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
+            return elapsed
+        if now >= next_tick:
+            next_tick += TICK_SECONDS
+            recorder.roll_second(elapsed)
+            recorder.stats.elapsed = elapsed
+            recorder.stats.users = runner.user_count
+            recorder.stats.cpu_max = max(recorder.stats.cpu_max, float(getattr(runner, "current_cpu_usage", 0.0) or 0.0))
+            if on_tick(recorder.stats):
+                return time.monotonic() - start
+        gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
+
+
 def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStats:
     """Run one stage's load; call on_tick(stats) about every second; stop when it returns True.
 
@@ -270,7 +292,6 @@ def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStat
     env.events.request.add_listener(recorder.on_request)
     runner = env.create_local_runner()
     start = time.monotonic()
-    next_tick = start + TICK_SECONDS
     import gevent.event
 
     stop_polls = gevent.event.Event()
@@ -279,22 +300,7 @@ def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStat
         if any(m.prometheus for m in spec.metrics.values()):
             gevent.spawn(_poll_prometheus, spec, recorder.stats, stop_polls)
         runner.start(spec.users, spawn_rate=spec.spawn_rate)
-        while True:
-            now = time.monotonic()
-            elapsed = now - start
-            if elapsed >= spec.duration:
-                break
-            if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
-                break
-            if now >= next_tick:
-                next_tick += TICK_SECONDS
-                recorder.roll_second(elapsed)
-                recorder.stats.elapsed = elapsed
-                recorder.stats.users = runner.user_count
-                recorder.stats.cpu_max = max(recorder.stats.cpu_max, float(getattr(runner, "current_cpu_usage", 0.0) or 0.0))
-                if on_tick(recorder.stats):
-                    break
-            gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
+        tick_until_done(runner, recorder, spec, on_tick, start)
     finally:
         stop_polls.set()
         metrics._install(None)

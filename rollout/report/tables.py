@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from rollout.engine.state import StageStatus, State, to_dict
 from rollout.plan.model import Gate, Plan
-from rollout.plan.units import fmt_duration, fmt_ms, fmt_percent
+from rollout.plan.units import fmt_duration, fmt_percent
 
 
 def gate_threshold(gate: Gate) -> str:
