@@ -26,6 +26,8 @@ from rollout.errors import (
     EXIT_CODES,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_GATE_FAILED,
     Interrupted,
     PlanInvalid,
     RolloutError,
@@ -184,12 +186,53 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None) -> int:
-    """Run every remaining stage: until promoted, rolled back, or paused for a person."""
+        workers: WorkersOpt = None,
+        wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
+                                           "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
+    """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
     from rollout.report.outputs import ReportPaths
 
-    return _drive(plan, version, state_dir, "run", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
+    conn = _conn(kubeconfig, context, namespace)
+    code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+    while wait and code == EXIT_PAUSED:
+        decided = _wait_for_person(plan, state_dir, conn)
+        if decided is not None:
+            return decided
+        code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers)
+    return code
+
+
+WAIT_POLL_SECONDS = 2.0
+
+
+def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | None]) -> int | None:
+    """Poll the recorded state (no lock held) until a person decided or the review deadline passed.
+
+    Returns an exit code when the decision ended the rollout (rejected, aborted, reverted),
+    None when driving should go on (approved, or the timeout's default is due)."""
+    import time
+
+    from rollout.backends import factory
+    from rollout.engine.state import Phase
+
+    loaded = _load(plan)
+    store = factory.make_store(loaded, state_dir, **conn)
+    print("⏸ waiting for a person: `rollout approve` or `rollout reject` (Ctrl-C stops waiting; the state keeps the pause)", file=sys.stderr)
+    while True:
+        state = store.load()
+        if state is None:
+            return EXIT_BAD_INPUT
+        if state.phase is Phase.AWAITING_REVIEW:
+            if state.review_deadline is not None and time.time() >= state.review_deadline:
+                return None
+        elif state.phase is not Phase.PAUSED:
+            if state.phase.active:
+                return None  # approved: carry on
+            print(f"• {state.phase.value}: {state.reason}")
+            return EXIT_GATE_FAILED if state.phase is not Phase.PROMOTED else EXIT_OK
+        time.sleep(WAIT_POLL_SECONDS)
 
 
 @app.command()

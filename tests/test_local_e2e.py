@@ -343,3 +343,27 @@ def test_unanswered_review_takes_the_default_after_the_timeout(rollout_env: Any,
     assert r.returncode == 1, r.stdout + r.stderr
     st = ro.status()["state"]
     assert st["phase"] == "rolled-back" and "not answered within 1s: default action `rollback`" in st["reason"]
+
+
+def test_run_wait_applies_the_review_timeout_without_another_command(rollout_env: Any) -> None:
+    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "2s"}], gates=UNDECIDABLE)
+    data = yaml.safe_load(ro.plan.read_text())
+    data["review"] = {"timeout": "2s", "default": "continue"}
+    ro.plan.write_text(yaml.safe_dump(data))
+    r = ro("run", "--version", "v2", "--wait")
+    assert r.returncode == 0 and "promoted" in r.stdout, r.stdout + r.stderr
+    st = ro.status()["state"]
+    assert st["phase"] == "promoted" and any("review timed out" in h["detail"] for h in st["history"])
+
+
+def test_run_wait_continues_when_someone_approves(rollout_env: Any) -> None:
+    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "2s", "approval": "manual"}], gates={})
+    proc = ro.popen("run", "--version", "v2", "--wait")
+    try:
+        _wait_for(lambda: (ro.status()["state"] or {}).get("phase") == "paused")
+        assert ro("approve").returncode == 0  # the waiting command holds no lock
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "promoted" in out, out + err
