@@ -182,20 +182,21 @@ class KubernetesBackend:
             self.checkpoint()
         return int(state.backend["total"])
 
-    def _route_backends(self, state: State, canary: bool) -> routers.RouteBackends:
+    def _route_backends(self, state: State, canary: bool, stable_as: str | None = None) -> routers.RouteBackends:
         assert self.target.services is not None
         rec = state.backend.get("canary") if canary else None
         return routers.RouteBackends(self.target.services.stable, self.target.services.canary, self.target.port,
-                                     self.loaded.plan.load.version_header, state.stable_version,
+                                     self.loaded.plan.load.version_header, stable_as or state.stable_version,
                                      rec["version"] if rec else None)
 
-    def _route(self, state: State, split: Split, canary: bool) -> None:
-        """Make traffic follow `split` (all on stable when there is no `canary`), and read it back."""
+    def _route(self, state: State, split: Split, canary: bool, stable_as: str | None = None) -> None:
+        """Make traffic follow `split` (all on stable when there is no `canary`), and read it back.
+        `stable_as`: the version the stable backend runs, when it is not yet the recorded one (promotion)."""
         want = split if canary else ALL_STABLE
         if self.target.router == "replicas":
             self._route_replicas(state, want)
         elif self.target.router == "gateway-api":
-            self._route_gateway(state, want, canary)
+            self._route_gateway(state, want, canary, stable_as)
         else:
             self._route_nginx(want, canary)
 
@@ -216,8 +217,8 @@ class KubernetesBackend:
             self._scale(name, n)
             self.wait_ready(name)
 
-    def _route_gateway(self, state: State, split: Split, canary: bool) -> None:
-        b = self._route_backends(state, canary)
+    def _route_gateway(self, state: State, split: Split, canary: bool, stable_as: str | None = None) -> None:
+        b = self._route_backends(state, canary, stable_as)
         name = self.target.httproute
         assert name is not None
         get = lambda: self.kube.call("get", HTTPROUTES, name, self.kube.custom.get_namespaced_custom_object, *GW, self.ns, "httproutes", name)  # noqa: E731
@@ -395,7 +396,7 @@ class KubernetesBackend:
         if self.target.router == "replicas":
             self._scale(d.stable, self._total(state))
         self.wait_ready(d.stable)
-        self._route(state, ALL_STABLE, canary=False)
+        self._route(state, ALL_STABLE, canary=False, stable_as=rec["version"])  # its pods now run the promoted version
         self._scale(d.canary, 0)
         self.wait_ready(d.canary)
         state.backend["canary"] = None

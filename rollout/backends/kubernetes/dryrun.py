@@ -109,6 +109,10 @@ class _Sim:
         return routers.RouteBackends(self.t.services.stable, self.t.services.canary, self.t.port,
                                      self.plan.load.version_header, self.stable_version, self.version if canary else None)
 
+    def promoted(self) -> None:
+        """From promotion on, the stable Deployment runs the promoted version: its backendRef says so."""
+        self.stable_version = self.version
+
     def scale(self, step: Step, role: str, n: int) -> None:
         dep = self.o[role]
         if int(dep["spec"].get("replicas", 1)) != n:
@@ -178,6 +182,7 @@ class _Sim:
                                       {"metadata": {"annotations": {VERSION_ANNOTATION: self.version}}, "spec": {"template": template}}))
         if self.t.router == "replicas":
             self.scale(step, "stable", self.total)
+        self.promoted()
         self.route(step, ALL_STABLE, canary=False)
         self.scale(step, "canary", 0)
         return step
