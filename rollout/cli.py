@@ -161,6 +161,14 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
     if images:
         version = images[0]
     loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn, images=images)
+    if loaded.plan.load.runner == "kubernetes":
+        from rollout.errors import UsageError
+
+        raise UsageError(
+            "load.runner: kubernetes runs Locust's own master in the cluster, which cannot tell which version "
+            "served a request, so it cannot judge a canary against stable",
+            f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
+        )
     with store.lock(verb, force=force):
         engine = make_engine()
         import time
@@ -258,6 +266,8 @@ def gate(
     min_requests: Annotated[int, typer.Option("--min-requests", min=1, help="requests before a --gate may judge")] = 100,
     spawn_rate: Annotated[Optional[float], typer.Option("--spawn-rate", help="users started per second (default: all at once)")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Locust worker processes (0: load in this process; default: load.workers)")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="a JSON report (--json) of an earlier release to compare with", metavar="REPORT.json")] = None,
+    baseline_exprs: Annotated[Optional[list[str]], typer.Option("--baseline-gate", help="vs --baseline: 'p95<+10%', 'errors<+0.5pt' (repeatable)", metavar="EXPR")] = None,
     junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
 ) -> int:
@@ -269,7 +279,7 @@ def gate(
     from rollout.report.outputs import ReportPaths
 
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
-                   ReportPaths(json_out, junit, markdown, html), quiet=quiet)
+                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [])
 
 
 @app.command()

@@ -18,6 +18,16 @@ Gate expressions (`--gate`): METRIC<LIMIT, e.g. `p95<300ms`, `p99<=1.5s`,
 passes while the measured value is at most the limit (`<` and `<=` mean the
 same: the limit is the largest value that still passes).
 
+`--baseline REPORT.json` with `--baseline-gate 'p95<+10%'` / `'errors<+0.5pt'`
+(and the plan's `compare: stable` gates, the baseline standing in for
+stable) judges the candidate against a saved report of an earlier release
+with the anytime-valid tests: see `rollout.gates.baseline` (and its caveat:
+the baseline is a fixed sample, not concurrent traffic).
+
+`load.runner: kubernetes` runs the load in the cluster
+(`rollout.load.cluster`): all traffic is judged, and the target is not
+probed from here (it may answer only inside the cluster).
+
 This module imports locust (through rollout.load.runner) when it runs load;
 the CLI imports it first, before anything that imports ssl.
 """
@@ -148,6 +158,9 @@ class GateSetup:
     max_requests: int | None = None
     plan: Any = None  # LoadedPlan
     workers: int = 0
+    baseline: Any = None  # rollout.gates.baseline.Baseline (--baseline)
+    baseline_gates: list[str] = field(default_factory=list)  # names in `gates` judged against the baseline
+    cluster: Any = None  # load.cluster when load.runner is kubernetes (rollout.load.cluster)
 
 
 def resolve(
@@ -160,10 +173,14 @@ def resolve(
     min_requests: int,
     spawn_rate: float | None,
     workers: int | None,
+    baseline: str | None = None,
+    baseline_exprs: list[str] | None = None,
 ) -> GateSetup:
     loaded = None
     gates: dict[str, Gate] = {}
     skipped: dict[str, str] = {}
+    baseline_names: list[str] = []
+    cluster = None
     if plan_path:
         from rollout.plan.loader import load_plan
 
@@ -181,7 +198,10 @@ def resolve(
         else:
             dur = _duration(duration)
         for name, g in plan.gates.items():
-            if g.compare is not None:
+            if g.compare is not None and baseline and g.metric in ("error_rate", "p50", "p90", "p95", "p99") and g.max_increase is not None:
+                gates[name] = g.model_copy(update={"method": "sequential"})  # the baseline stands in for stable
+                baseline_names.append(name)
+            elif g.compare is not None:
                 skipped[name] = "compares the canary with stable; a gate run loads one version only"
             elif g.version == "stable":
                 skipped[name] = "judges the stable version; a gate run loads only the candidate"
@@ -191,6 +211,10 @@ def resolve(
         roles = {v: v for v in plan.target.versions}
         max_requests = plan.load.max_requests
         plan_workers = plan.load.workers
+        if getattr(plan.load, "runner", "local") == "kubernetes":
+            cluster = plan.load.cluster or type(plan.load).Cluster()  # defaults when omitted
+            if plan.target.backend == "kubernetes":  # the target's cluster and namespace unless load.cluster says otherwise
+                cluster = cluster.model_copy(update={k: getattr(cluster, k) or getattr(plan.target, k) for k in ("kubeconfig", "context", "namespace")})
     else:
         missing = [flag for flag, v in (("--host", host), ("--locustfile", locustfile), ("--duration", duration)) if not v]
         if missing:
@@ -198,7 +222,7 @@ def resolve(
                 f"without a PLAN, `rollout gate` needs {', '.join(missing)}",
                 "e.g. rollout gate --host http://127.0.0.1:8000 --locustfile load.py --users 20 --duration 30s --gate 'p95<300ms'",
             )
-        if not gate_exprs:
+        if not gate_exprs and not baseline_exprs:
             raise UsageError("no gate to judge: give at least one --gate", "e.g. --gate 'p95<300ms' --gate 'errors<1%'")
         assert host and locustfile and duration
         lf = Path(locustfile)
@@ -210,6 +234,22 @@ def resolve(
     check_url(host)
     if not lf.is_file():
         raise UsageError(f"locustfile {lf} does not exist", "fix --locustfile (or load.locustfile in the plan)")
+    base = None
+    if baseline_exprs and not baseline:
+        raise UsageError("--baseline-gate needs --baseline REPORT.json", "give the JSON report of the earlier release's `rollout gate --json`")
+    if baseline:
+        from rollout.gates.baseline import load_baseline, parse_baseline_gate
+
+        for expr in baseline_exprs or []:
+            name, g = parse_baseline_gate(expr, min_requests)
+            if name in gates:
+                raise UsageError(f"--baseline-gate {expr!r} is given twice", "give each gate once")
+            gates[name] = g
+            baseline_names.append(name)
+        if not baseline_names:
+            raise UsageError("--baseline given but no gate compares with it",
+                             "add --baseline-gate 'p95<+10%' (or `compare: stable` gates in the plan)")
+        base = load_baseline(baseline, lf)
     if users < 1:
         raise UsageError(f"--users {users}: at least 1 user", "give --users N with N ≥ 1")
     if dur <= 0:
@@ -222,6 +262,7 @@ def resolve(
     return GateSetup(
         host=host.rstrip("/"), locustfile=lf, users=users, spawn_rate=spawn, duration=dur, gates=gates, skipped=skipped,
         version_header=header, roles=roles, max_requests=max_requests, plan=loaded, workers=n_workers,
+        baseline=base, baseline_gates=baseline_names, cluster=cluster,
     )
 
 
@@ -269,15 +310,21 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
     from rollout.load.runner import LoadSpec
     from rollout.report.json_report import gate_report
 
-    probe(setup.host)
-    served_by = version_of(setup.host, setup.version_header)
+    if setup.cluster is None:  # in-cluster load: the target may answer only inside the cluster
+        probe(setup.host)
+    served_by = version_of(setup.host, setup.version_header) if setup.cluster is None else None
     if served_by and served_by not in setup.roles:
         setup.roles[served_by] = served_by  # name the series after the version that answers, not "unknown"
     spec = LoadSpec(
         locustfile=setup.locustfile, host=setup.host, users=setup.users, spawn_rate=setup.spawn_rate,
         duration=setup.duration, version_header=setup.version_header, roles=dict(setup.roles), max_requests=setup.max_requests,
     )
-    judge = StageJudge(setup.gates)
+    if setup.baseline is not None:
+        from rollout.gates.baseline import BaselineJudge
+
+        judge: Any = BaselineJudge(setup.gates, setup.baseline_gates, setup.baseline)
+    else:
+        judge = StageJudge(setup.gates)
     failing: list[Any] = []
     decided: dict[str, Any] = {}
     progress = _Progress(setup.duration)
@@ -323,7 +370,7 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
 
 def command(plan: str | None, host: str | None, locustfile: str | None, users: int | None, duration: str | None,
             gate_exprs: list[str], min_requests: int, spawn_rate: float | None, workers: int | None,
-            paths: Any, quiet: bool = False) -> int:
+            paths: Any, quiet: bool = False, baseline: str | None = None, baseline_exprs: list[str] | None = None) -> int:
     """The whole `rollout gate`: resolve, probe, load and judge, write the reports; returns the exit code.
 
     Bad input raises UsageError/PlanInvalid (exit 2) before anything runs. An
@@ -334,7 +381,7 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
     from rollout.report.json_report import error_report
     from rollout.report.outputs import write_reports
 
-    setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers)
+    setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers, baseline, baseline_exprs)
     load_runner = _load_runner(setup)
     started = time.time()
     try:
@@ -358,6 +405,10 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
 
 
 def _load_runner(setup: GateSetup) -> Any:
+    if setup.cluster is not None:  # load.runner: kubernetes (Locust master and workers in the namespace)
+        from rollout.load.cluster import cluster_runner
+
+        return cluster_runner(setup.cluster)
     if setup.workers and setup.workers > 0:
         from rollout.load.distributed import run_load_distributed
 

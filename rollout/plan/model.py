@@ -218,6 +218,28 @@ class Load(Strict):
         default_factory=dict, description="values measured per version besides errors and latency, usable in gates"
     )
 
+    class Cluster(Strict):
+        """`runner: kubernetes`: where and how the in-cluster Locust master and workers run (rollout.load.cluster)."""
+
+        namespace: str | None = Field(None, pattern=NAME_RE, description="default: a kubernetes target's, else the context's, else `default`")
+        kubeconfig: str | None = Field(None, description="default: a kubernetes target's, else $KUBECONFIG, ~/.kube/config, in-cluster")
+        context: str | None = Field(None, description="kubeconfig context (default: a kubernetes target's, else the current one)")
+        workers: int = Field(1, ge=1, le=500, description="Locust worker pods")
+        image: str = Field("locustio/locust:2.47.0", min_length=1, description="the Locust image of the master and worker pods")
+        ready_timeout: Duration = Field(180.0, description="how long the master and all workers may take to connect")
+
+    runner: Literal["local", "kubernetes"] = Field(
+        "local", description="local: Locust in this process (or `workers` local processes); kubernetes: a Locust master "
+        "and workers in the cluster (load.cluster), read through the API server's service proxy; judges all traffic"
+    )
+    cluster: Load.Cluster | None = Field(None, description="with runner: kubernetes (defaults apply when omitted)")
+
+    @model_validator(mode="after")
+    def _runner(self) -> Load:
+        if self.runner == "local" and self.cluster is not None:
+            raise ValueError("`cluster` goes with `runner: kubernetes`")
+        return self
+
 
 class Gate(Strict):
     """One check on the live statistics of a stage.

@@ -18,7 +18,15 @@ Shape (schema_version 1):
                verdicts: [{gate, status, message, version, observed, threshold, requests}],
                stats: {<version>: {requests, failures, error_rate, p50_ms, p90_ms, p95_ms, p99_ms, mean_ms}, all: {...}, elapsed_s, users},
                timeline: [{t, <version>: {requests, failures, p50_ms, p95_ms, p99_ms}}] | null,
-               decisive: {t, gate, status, message} | null}]}
+               decisive: {t, gate, status, message} | null,
+               distributions: {<version>|all: {requests, failures, latency: Histogram.to_dict()}}  # gate; optional
+              }],
+     baseline: {file, generated_at, host, version, requests, failures, error_rate, p50_ms, p95_ms, p99_ms} | null  # gate --baseline; optional
+    }
+
+Additions within schema_version 1 (optional keys, so every v1 reader and
+every v1 file stay valid): `stages[].distributions` (what `--baseline` reads)
+and `baseline`.
 
 Units: times in epoch seconds, durations in seconds, latencies in ms, rates as fractions.
 """
@@ -108,6 +116,7 @@ def gate_report(setup: Any, stats: Any, verdicts: list[Any], decided_t: float | 
         "stats": stats.summary(),
         "timeline": list(stats.timeline),
         "decisive": _decisive(vds, decided_t, stats.elapsed),
+        "distributions": distributions(stats),
     }
     return _clean({
         "schema": SCHEMA,
@@ -117,12 +126,23 @@ def gate_report(setup: Any, stats: Any, verdicts: list[Any], decided_t: float | 
         "tool": _tool(),
         "plan": _plan_info(setup.plan),
         "target": {"host": setup.host, "locustfile": str(setup.locustfile)},
+        "baseline": setup.baseline.info() if getattr(setup, "baseline", None) is not None else None,
         "outcome": {"result": result, "exit_code": exit_code, "message": message},
         "started_at": started,
         "ended_at": ended,
         "duration_s": round(ended - started, 3),
         "stages": [stage],
     })
+
+
+def distributions(stats: Any) -> dict[str, Any]:
+    """Per version and for all traffic: counts and the latency histogram (`Histogram.to_dict`), so a later
+    run can compare with this one (`rollout gate --baseline`). Constant size: buckets, not requests."""
+    out = {role: {"requests": vs.requests, "failures": vs.failures, "latency": vs.latency.to_dict()}
+           for role, vs in stats.by_role.items() if vs.requests}
+    total = stats.role("all")
+    out["all"] = {"requests": total.requests, "failures": total.failures, "latency": total.latency.to_dict()}
+    return out
 
 
 def error_report(command: str, target: dict[str, Any], loaded: Any, exit_code: int, message: str, started: float) -> dict[str, Any]:
