@@ -351,3 +351,30 @@ def test_a_new_canary_is_not_judged_by_the_last_ones_timed_out_condition(tmp_pat
     b.deploy_canary(state, "v2")  # the old condition still says ProgressDeadlineExceeded until the controller looks
     canary = dep(fake, "answer-canary")
     assert image_of(canary) == IMAGE.format("2.0") and canary["status"]["availableReplicas"] == 1
+
+
+@pytest.mark.parametrize("router", ["nginx", "replicas"])
+def test_engine_promotes_and_rolls_back_on_the_other_routers(tmp_path: Path, fake: FakeApiServer, kube: Kube, router: str) -> None:
+    """The same two rollouts as above on nginx and replicas; the final objects checked field by field."""
+    b = make_backend(tmp_path, fake, kube, router)
+    with ConfigMapStore(kube, "answer").lock("run"):
+        out = StubLoadEngine(b.loaded, b, ConfigMapStore(kube, "answer"), QuietReporter(), "tester", load_runner=fixed_load(0)).drive("v2", from_cli=True, one_stage=False)
+    assert (out.kind, out.exit_code) == ("promoted", EXIT_OK)
+    stable, canary = dep(fake, "answer"), dep(fake, "answer-canary")
+    assert image_of(stable) == IMAGE.format("2.0") and stable["spec"]["replicas"] == 4 and stable["status"]["availableReplicas"] == 4
+    assert canary["spec"]["replicas"] == 0
+    if router == "nginx":
+        ann = (fake.get("ingresses", NS, "answer-canary") or {})["metadata"]["annotations"]
+        assert ann["nginx.ingress.kubernetes.io/canary"] == "true" and ann["nginx.ingress.kubernetes.io/canary-weight"] == "0"
+        assert "nginx.ingress.kubernetes.io/canary-by-header" not in ann
+    with ConfigMapStore(kube, "answer").lock("run"):
+        out = StubLoadEngine(b.loaded, b, ConfigMapStore(kube, "answer"), QuietReporter(), "tester", load_runner=fixed_load(5)).drive("v3", from_cli=True, one_stage=False)
+    assert (out.kind, out.exit_code) == ("rolled-back", EXIT_GATE_FAILED)
+    stable, canary = dep(fake, "answer"), dep(fake, "answer-canary")
+    assert image_of(stable) == IMAGE.format("2.0") and stable["spec"]["replicas"] == 4
+    assert image_of(canary) == IMAGE.format("3.0") and canary["spec"]["replicas"] == 0
+    if router == "nginx":
+        ann = (fake.get("ingresses", NS, "answer-canary") or {})["metadata"]["annotations"]
+        assert ann["nginx.ingress.kubernetes.io/canary-weight"] == "0" and "nginx.ingress.kubernetes.io/canary-by-header" not in ann
+    saved = ConfigMapStore(kube, "answer").load()
+    assert saved is not None and saved.phase is Phase.ROLLED_BACK and saved.stable_version == "v2" and saved.transition is None
