@@ -47,3 +47,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         text=True,
         timeout=timeout,
     )
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
+    """Terminate every process, then wait for each (killing any that ignores SIGTERM for 10 s)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -28,7 +28,7 @@ import yaml
 from rollout.testing.apiserver import FakeApiServer
 from rollout.testing.apiserver.faults import RequestInfo
 from rollout.testing.apiserver.handler import Handler
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, stop_all
 from tests.test_gate import LOCUSTFILE, free_port, start_service
 
 NS = "loadtest"
@@ -177,14 +177,7 @@ def targets() -> Iterator[dict[str, str]]:
             urls[name] = url
         yield urls
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(procs)
 
 
 def plan(tmp: Path, fake: FakeApiServer, host: str, *, workers: int = 2, ready: str = "60s", duration: str = "3s") -> list[str]:

@@ -23,7 +23,7 @@ import pytest
 import xmlschema
 
 from rollout.report import json_report
-from tests.conftest import ROOT, run_cli, write_plan
+from tests.conftest import ROOT, run_cli, write_plan, stop_all
 from tests.test_report import JUNIT_XSD
 
 LOCUSTFILE = ROOT / "locustfiles" / "answer.py"
@@ -62,13 +62,7 @@ def services() -> Iterator[dict[str, str]]:
             urls[name] = url
         yield urls
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
 
 
 def gate(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

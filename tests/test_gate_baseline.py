@@ -16,6 +16,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from tests.conftest import stop_all
+
 from rollout.report import json_report
 from tests.test_gate import LOCUSTFILE, gate, start_service
 
@@ -31,14 +33,7 @@ def servers() -> Iterator[dict[str, str]]:
             urls[name] = url
         yield urls
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(procs)
 
 
 def _args(url: str, duration: str, *extra: str) -> list[str]:

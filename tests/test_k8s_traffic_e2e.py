@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import stop_all
 import yaml
 
 from rollout.testing.gateway import ClusterGateway
@@ -143,14 +145,7 @@ def services() -> Iterator[Callable[..., dict[str, int]]]:
     try:
         yield start
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_all(procs)
 
 
 @pytest.fixture
