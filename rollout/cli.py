@@ -68,6 +68,9 @@ KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kube
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+DEFAULT_REQUEST_TIMEOUT = 10.0
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.5, help="when another command drives the rollout: how long to wait for it to "
+                                           "acknowledge this request (seconds)")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option("--image", help="kubernetes: CONTAINER=IMAGE for the canary, repeatable (instead of the plan's version images; "
                                                       "the version is --version, else the images' tag)", metavar="NAME=REF")]
 
@@ -154,9 +157,77 @@ def schema() -> int:
     return EXIT_OK
 
 
+REQUEST_POLL_SECONDS = 0.2
+
+
+def _print_ack(req: Any, ack: Any) -> int:
+    from rollout.engine import requests as rq
+
+    if ack.outcome == rq.DONE:
+        print(f"✔ {req.verb}: {ack.message} (done by {ack.by})")
+        return EXIT_OK
+    print(f"Error: {ack.by} refused {req.describe()}: {ack.message} — see `rollout status`", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _lock_or_request(store: Any, verb: str, reason: str, args: dict[str, Any], timeout: float, force: bool, body: Any) -> int:
+    """Act under the rollout's lock when it is free (no driver alive: the lock of a dead command is free,
+    locally at once, on Kubernetes when its Lease expires); while a driver holds it, post the request to
+    the mailbox and wait (bounded) for the driver's answer. `--force` skips the mailbox and takes the lock."""
+    import time
+
+    from rollout.engine import requests as rq
+    from rollout.engine.state import actor
+    from rollout.errors import LockHeld, StateError
+
+    box = store.mailbox()
+    req = None
+    deadline = time.monotonic() + timeout
+    accepted_until: float | None = None
+    holder = ""
+    while True:
+        if req is not None:
+            ack = box.read().ack_of(req.id)
+            if ack is not None and ack.outcome not in (rq.ACCEPTED, rq.EXPIRED):
+                return _print_ack(req, ack)
+            if ack is not None and ack.outcome == rq.ACCEPTED and accepted_until is None:
+                accepted_until = time.monotonic() + max(timeout, 60.0)
+                print(f"• {ack.by} is acting on it", file=sys.stderr)
+        try:
+            with store.lock(verb, force=force):
+                if req is not None:  # the driver ended (or died) without answering: act here
+                    ack = rq.answer(box, req.id, rq.SELF, "no driver answered; the requesting command acted itself", actor())
+                    if ack.outcome in (rq.DONE, rq.REFUSED):
+                        return _print_ack(req, ack)
+                return int(body())
+        except LockHeld as exc:
+            if force:
+                raise
+            if req is None:
+                holder = exc.what.split(": ", 1)[-1]
+                req = rq.Request.new(verb, actor(), reason, timeout, args)
+                rq.post(box, req)
+                print(f"• another command drives this rollout ({holder}); asked it to {verb} "
+                      f"(request {req.id}), waiting up to {timeout:g}s for its answer", file=sys.stderr)
+        now = time.monotonic()
+        if accepted_until is None and now >= deadline:
+            ack = rq.answer(box, req.id, rq.EXPIRED, f"not answered within {timeout:g}s", actor())
+            if ack.outcome == rq.EXPIRED:
+                raise StateError(f"no acknowledgement within {timeout:g}s from {holder}; the request was withdrawn and nothing changed",
+                                 "`rollout status` shows whether it still runs; if it is stuck, run this command again with --force "
+                                 "(Kubernetes: or wait for its Lease to expire), or with a longer --timeout")
+            continue
+        if accepted_until is not None and now >= accepted_until:
+            raise StateError(f"{holder} accepted the request but did not report it done in time",
+                             "`rollout status` shows what it did; if it is stuck, use --force")
+        time.sleep(REQUEST_POLL_SECONDS)
+
+
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None) -> int:
+           workers: int | None = None, prepare: Any = None, request: tuple[str, dict[str, Any], float] | None = None) -> int:
+    """Drive the rollout (run, advance; resume and retry with `prepare`, which checks and returns drive()'s
+    arguments; with `request` = (reason, args, timeout) a held lock means: ask the driver instead)."""
     images = _images(image, version)
     if images:
         version = images[0]
@@ -169,8 +240,10 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             "served a request, so it cannot judge a canary against stable",
             f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
         )
-    with store.lock(verb, force=force):
+    def body() -> int:
         engine = make_engine()
+        engine.command = verb
+        engine.mailbox = store.mailbox()
         import time
 
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
@@ -183,11 +256,18 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
         started = time.time()
         try:
-            outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+            kw = prepare(engine) if prepare else {"version": version or loaded.plan.target.canary, "from_cli": version is not None}
+            outcome = engine.drive(one_stage=one_stage, **kw)
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
             engine.finish_alerts()
+
+    if request is not None:
+        reason, args, timeout = request
+        return _lock_or_request(store, verb, reason, args, timeout, force, body)
+    with store.lock(verb, force=force):
+        return body()
 
 
 @app.command()
@@ -367,43 +447,113 @@ def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirO
 
 
 def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[str, str | None] | None = None,
-            force: bool = False) -> int:
+            force: bool = False, reason: str = "", timeout: float | None = None, args: dict[str, Any] | None = None) -> int:
+    """A verb acting on the state. With a `timeout` it is a request: when a live driver holds the rollout,
+    it is asked through the mailbox (rollout.engine.requests) instead of being refused."""
     loaded, store, make_engine = _engine(plan, state_dir, with_load=False, conn=conn)
-    with store.lock(verb, force=force):
+
+    def body() -> int:
         engine = make_engine()
         try:
             return _finish(call(engine))
         finally:
             engine.finish_alerts()
 
+    if timeout is None:
+        with store.lock(verb, force=force):
+            return body()
+    return _lock_or_request(store, verb, reason, args or {}, timeout, force, body)
+
+
+def _as_ok(outcome: Any) -> Any:
+    """The operator's own command succeeded (exit 0) when it did what was asked, e.g. paused the rollout."""
+    from dataclasses import replace
+
+    return replace(outcome, exit_code=EXIT_OK)
+
 
 @app.command()
-def approve(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+def approve(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
 
 
 @app.command()
 def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Say no to a stage awaiting review (or approval): roll back now (exit 1)."""
-    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
 
 
 @app.command()
 def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
-    """Stop the rollout in progress: all traffic to stable, canary stopped."""
-    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace), force)
+        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
+    """Stop the rollout in progress, also while another command drives it: all traffic to stable, canary stopped."""
+    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
 
 
 @app.command()
 def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
-        to_revision: Annotated[Optional[int], typer.Option("--to-revision", min=1, help="back to this older revision (`rollout status -o json` lists them: state.revisions), without running stages")] = None) -> int:
-    """Whatever the state: all traffic back to the last known-good version (or --to-revision N), canary stopped."""
-    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace), force)
+        to_revision: Annotated[Optional[int], typer.Option("--to-revision", min=1, help="back to this older revision (`rollout status` lists them), without running stages")] = None,
+        timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
+    """Whatever the state, also while another command drives it: all traffic back to the last known-good version
+    (or --to-revision N), canary stopped."""
+    if to_revision is not None:  # not a request a driver takes: it needs the lock
+        return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
+
+
+@app.command()
+def pause(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+          context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+          timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
+    """Pause the rollout where it stands: the running stage stops its load, the split stays (`rollout resume` re-runs the stage)."""
+    return _simple(plan, state_dir, "pause", lambda e: _as_ok(e.pause(reason)), _conn(kubeconfig, context, namespace), force, reason, timeout)
+
+
+@app.command()
+def promote(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+            full: Annotated[bool, typer.Option("--full", help="skip every remaining stage and promote the canary now")] = False,
+            timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
+    """End the current stage as passed (recorded as a person's decision, not its gates) and go on; --full: promote now."""
+    return _simple(plan, state_dir, "promote", lambda e: e.promote(reason, full), _conn(kubeconfig, context, namespace), force, reason,
+                   timeout, {"full": full})
+
+
+@app.command()
+def resume(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+           context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
+           timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
+    """Resume a rollout paused by `rollout pause`: re-run the paused stage from its start and carry on, like `rollout run`."""
+
+    def prepare(engine: Any) -> dict[str, Any]:
+        engine.check_resumable()
+        return {"version": None, "from_cli": False, "resume_reason": reason}
+
+    return _drive(plan, None, state_dir, "resume", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
+                  workers=workers, prepare=prepare, request=(reason, {}, timeout))
+
+
+@app.command()
+def retry(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+          context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
+          from_start: Annotated[bool, typer.Option("--from-start", help="from the first stage instead of the one where it stopped")] = False,
+          timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
+    """After a rollback or abort of version X: roll X out again from the stage where it stopped (or --from-start), like `rollout run`."""
+
+    def prepare(engine: Any) -> dict[str, Any]:
+        version, first = engine.retry_point(from_start)
+        engine.record_retry(version, first, reason)
+        return {"version": version, "from_cli": True, "first_stage": first}
+
+    return _drive(plan, None, state_dir, "retry", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
+                  workers=workers, prepare=prepare, request=(reason, {"from_start": from_start}, timeout))
 
 
 @app.command()

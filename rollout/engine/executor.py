@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,7 +30,12 @@ from rollout.engine.state import (
     Transition,
     new_state,
 )
-from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, UsageError
+from rollout.engine.state import MANUAL_ACTIONS
+from rollout.engine import driver as drivers
+from rollout.engine import requests as rq
+from rollout.engine.live import LIVE_EVERY, snapshot
+from rollout.engine.requests import Request
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, RolloutError, UsageError
 from rollout.gates.health import health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
@@ -85,6 +91,11 @@ class Engine:
         self.state: State = self._load()
         backend.checkpoint = self.save
         self.notifier = notifier if notifier is not None else Notifier(self.plan.notify, self.plan.name, self.plan.owner)
+        # requests from other commands while this one drives (rollout.engine.requests); None: nobody can ask
+        self.mailbox: rq.Mailbox | None = None
+        self.command = "run"  # the verb this engine drives for (recorded as the driver's identity)
+        self._live_at = 0.0
+        self._request: Request | None = None  # a request that stopped the running stage
 
     # -- state -------------------------------------------------------------
 
@@ -98,8 +109,8 @@ class Engine:
         self.state.updated_at = self.clock()
         self.store.save(self.state)
 
-    def _audit(self, action: str, detail: str, echo: bool = True) -> None:
-        self.state.record(self.who, action, detail, self.clock())
+    def _audit(self, action: str, detail: str, echo: bool = True, reason: str = "") -> None:
+        self.state.record(self.who, action, detail, self.clock(), reason=reason)
         if echo:
             self.out.event(detail)
         if action in ALERT_FOR_ACTION:
@@ -133,14 +144,34 @@ class Engine:
 
     # -- driving forward -----------------------------------------------------
 
-    def drive(self, version: str | None, from_cli: bool, one_stage: bool) -> Outcome:
-        """`rollout run` (one_stage=False) and `rollout advance` (one_stage=True)."""
+    def drive(self, version: str | None, from_cli: bool, one_stage: bool, first_stage: int = 0, resume_reason: str | None = None) -> Outcome:
+        """`rollout run` (one_stage=False) and `rollout advance` (one_stage=True); `resume` and `retry` too.
+
+        The driver records who it is in the state (so `status` can tell it is gone if it dies),
+        and reads the request mailbox between any two steps and at every tick of a stage's load."""
+        self.state.driver = drivers.identity(self.command, self.who, self.clock())
+        try:
+            return self._drive(version, from_cli, one_stage, first_stage, resume_reason)
+        finally:
+            self.state.driver = None
+            self.state.live = None
+            try:
+                self.save()
+            except RolloutError:
+                pass  # the state keeps naming this driver, which `status` will find gone
+
+    def _drive(self, version: str | None, from_cli: bool, one_stage: bool, first_stage: int, resume_reason: str | None) -> Outcome:
         if self.state.transition is not None:
             self._finish_transition()
         self.backend.ensure(self.state)
         self.save()
+        if self.state.pause and self.state.phase is Phase.PAUSED:
+            self._resume(resume_reason or "")
         stages_run = 0
         while True:
+            served = self._serve_between_steps()
+            if served is not None:
+                return served
             action = decide(self.plan, self.state, version, from_cli, now=self.clock())
             if action.kind is Kind.REFUSE:
                 raise UsageError(action.reason, "finish it (`rollout run`), or stop it first with `rollout abort` or `rollout revert`")
@@ -150,7 +181,7 @@ class Engine:
                 self._finish_transition()
             elif action.kind is Kind.START:
                 assert action.version is not None
-                self._start(action.version)
+                self._start(action.version, first_stage)
             elif action.kind is Kind.WAIT_APPROVAL:
                 self._pause(action)
                 if one_stage and stages_run:
@@ -163,11 +194,20 @@ class Engine:
                     return Outcome("rolled-back", self.state.reason, EXIT_GATE_FAILED)
             elif action.kind is Kind.RUN_STAGE:
                 if one_stage and stages_run:
-                    nxt = self.plan.stages[self.state.stage_index]
-                    return Outcome("stage-passed", f"stage {self.state.stage_index} passed; next: stage {self.state.stage_index + 1} `{nxt.name}` (`rollout advance`)")
+                    nxt, k, n = self.plan.stages[self.state.stage_index], self.state.stage_index + 1, len(self.plan.stages)
+                    self.state.reason = f"stage {k}/{n} `{nxt.name}` next, waiting for `rollout advance`"
+                    self.save()
+                    return Outcome("stage-passed", f"stage {k - 1} passed; next: stage {k} `{nxt.name}` (`rollout advance`)")
                 assert action.stage is not None
                 result = self._run_stage(action.stage)
                 stages_run += 1
+                if result == "request":
+                    assert self._request is not None
+                    req, self._request = self._request, None
+                    outcome = self._serve(req, stage_running=True)
+                    if outcome is not None:
+                        return outcome
+                    continue
                 if result == "failed":
                     return Outcome("rolled-back", self.state.reason, EXIT_GATE_FAILED)
                 if result == "review":
@@ -176,17 +216,19 @@ class Engine:
                 self._promote()
                 return Outcome("promoted", f"{self.state.stable_version} promoted: it serves all traffic")
 
-    def _start(self, version: str) -> None:
+    def _start(self, version: str, first_stage: int = 0) -> None:
         st = self.state
         st.rollout_number += 1
         st.phase = Phase.PROGRESSING
         st.canary_version = version
-        st.stage_index = 0
+        st.stage_index = min(first_stage, len(self.plan.stages))
         st.approved = []
         st.stages = []
+        st.pause = None
         st.reason = f"rolling out {version} over {st.stable_version}"
         st.started_at = self.clock()
-        self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
+        start_at = f", from stage {st.stage_index + 1}" if first_stage else ""
+        self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version}{start_at} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
         self.save()
         self.backend.deploy_canary(st, version)
         self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
@@ -223,17 +265,28 @@ class Engine:
         self._rollback("rollback", f"stage {self.state.stage_index + 1} `{self.plan.stages[self.state.stage_index].name}`: {reason}")
         return False
 
-    def _accept_stage(self, why: str) -> None:
+    def _accept_stage(self, why: str, action: str = "review-accepted", reason: str = "") -> None:
+        """The stage under review (or about to run, for `promote`) ends as passed by a decision, not its gates."""
         st = self.state
         rec = st.current_stage()
+        if rec is None or rec.status not in (StageStatus.REVIEW, StageStatus.RUNNING, StageStatus.INTERRUPTED):
+            if st.stage_index < len(self.plan.stages):  # not run at all (promote of a stage that had not started)
+                rec = StageRecord(index=st.stage_index, name=self.plan.stages[st.stage_index].name, status=StageStatus.ACCEPTED,
+                                  started_at=self.clock(), ended_at=self.clock(), split=st.split, reason="not run")
+                st.stages.append(rec)
+            else:
+                rec = None
         if rec is not None:
-            rec.status = StageStatus.PASSED
+            rec.status = StageStatus.ACCEPTED
+            rec.ended_at = rec.ended_at or self.clock()
             rec.reason = f"{rec.reason}; {why}" if rec.reason else why
+            rec.decided_by = {"who": self.who, "action": action, "reason": reason, "at": self.clock()}
         st.stage_index += 1
         st.phase = Phase.PROGRESSING
         st.review_deadline = None
+        st.pause = None
         st.reason = why
-        self._audit("review-accepted", why)
+        self._audit(action, why, reason=reason)
         self.save()
 
     def _run_stage(self, i: int) -> str:
@@ -259,6 +312,11 @@ class Engine:
         def on_tick(stats: StageStats) -> bool:
             verdicts = judge.judge(stats, final=False)
             self.out.progress(stage, i, n, stats, verdicts, stage.duration)
+            self._record_live(i, stage, split, stats, verdicts)
+            req = self._take_request(stage_running=True)
+            if req is not None:  # a person asked (revert, abort, pause, promote): stop the load now
+                self._request = req
+                return True
             bad = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
             if bad:
                 failing.extend(bad)
@@ -285,6 +343,12 @@ class Engine:
             self._rollback("rollback", f"stage `{stage.name}`: the load could not run, so the canary could not be judged: {exc.what}")
             raise
 
+        st.live = None
+        if self._request is not None:  # stopped for a request: what the gates saw so far, undecided
+            rec.verdicts = [v.as_dict() for v in judge.judge(stats, final=False)]
+            rec.stats = stats.summary()
+            rec.ended_at = self.clock()
+            return "request"
         if not failing:
             verdicts = judge.judge(stats, final=True)
             verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
@@ -353,13 +417,13 @@ class Engine:
 
     # -- ending ----------------------------------------------------------------
 
-    def _rollback(self, action: str, reason: str) -> None:
-        """All traffic to stable, then the canary stopped: rollback, abort and revert."""
+    def _rollback(self, action: str, reason: str, why: str = "") -> None:
+        """All traffic to stable, then the canary stopped: rollback, abort and revert (`why`: a person's words)."""
         st = self.state
         st.phase = ROLLBACK_ACTIONS[action]
         st.reason = reason
         st.transition = Transition(action, ALL_STABLE, self.clock(), os.getpid(), self.who)
-        self._audit(action, reason)
+        self._audit(action, reason, reason=why)
         self.save()
         self._complete_rollback()
 
@@ -379,10 +443,14 @@ class Engine:
             self._archive(st.phase.value)
         self.save()
 
-    def _promote(self) -> None:
+    def _promote(self, manual: str = "", reason: str = "") -> None:
+        """Promotion: after every stage passed, or `manual` (a person's `promote --full`: why, for the record)."""
         st = self.state
         st.transition = Transition("promote", ALL_STABLE, self.clock(), os.getpid(), self.who)
-        self._audit("promote", f"promoting {st.canary_version}: all stages passed")
+        if manual:
+            self._audit("promote", manual, reason=reason)
+        else:
+            self._audit("promote", f"promoting {st.canary_version}: all stages passed")
         self.save()
         self._complete_promote()
 
@@ -433,7 +501,10 @@ class Engine:
                 reason=st.reason,
                 started_at=st.started_at or self.clock(),
                 ended_at=self.clock(),
-                stages=[{"name": r.name, "status": r.status.value, "reason": r.reason, "verdicts": r.verdicts, "stats": r.stats} for r in st.stages],
+                stages=[{"name": r.name, "status": r.status.value, "reason": r.reason, "verdicts": r.verdicts, "stats": r.stats,
+                         **({"decided_by": r.decided_by} if r.decided_by else {})} for r in st.stages],
+                decisions=[{"at": h.at, "who": h.who, "action": h.action, "detail": h.detail, "reason": h.reason}
+                           for h in st.history if h.action in MANUAL_ACTIONS and h.at >= (st.started_at or 0.0)],
             )
         )
         del st.past[:-20]
@@ -441,19 +512,23 @@ class Engine:
 
     # -- the other verbs -------------------------------------------------------
 
-    def approve(self) -> Outcome:
+    def approve(self, reason: str = "") -> Outcome:
         st = self.state
+        why = f": {reason}" if reason else ""
         if st.phase is Phase.AWAITING_REVIEW:
             name = self.plan.stages[st.stage_index].name
-            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}")
+            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}{why}", action="approve", reason=reason)
             return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
+        if rq.pause_kind(st) == "operator":
+            raise UsageError(f"the rollout is paused by {st.pause.get('who') if st.pause else '?'}, not waiting for approval",
+                             "`rollout resume` re-runs the paused stage")
         action = decide(self.plan, st, now=self.clock())
         if action.kind is not Kind.WAIT_APPROVAL or action.stage is None:
             raise UsageError(f"nothing is waiting for approval ({st.phase.value}: {st.reason or 'no rollout in progress'})", "see `rollout status`")
         st.approved.append(action.stage)
         st.phase = Phase.PROGRESSING
-        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}"
-        self._audit("approve", st.reason)
+        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}{why}"
+        self._audit("approve", st.reason, reason=reason)
         self.save()
         return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
 
@@ -464,6 +539,7 @@ class Engine:
             raise UsageError(f"nothing is waiting for a decision ({st.phase.value}: {st.reason or 'no rollout in progress'})",
                              "`rollout abort` stops a rollout in progress; see `rollout status`")
         name = self.plan.stages[min(st.stage_index, len(self.plan.stages) - 1)].name
+        st.record(self.who, "reject", f"stage {st.stage_index + 1} `{name}` rejected by {self.who}", self.clock(), reason=reason)
         self._rollback("rollback", f"stage {st.stage_index + 1} `{name}` rejected by {self.who}" + (f": {reason}" if reason else ""))
         return Outcome("rolled-back", f"rejected: all traffic on {st.stable_version}, canary stopped", EXIT_GATE_FAILED)
 
@@ -473,8 +549,10 @@ class Engine:
             self._finish_transition()
         if not st.phase.active:
             return Outcome("nothing", f"no rollout in progress ({st.phase.value}); nothing to abort")
-        self._rollback("abort", f"aborted by {self.who}" + (f": {reason}" if reason else ""))
-        return Outcome("aborted", f"aborted: all traffic on {st.stable_version}, canary stopped")
+        self._close_running_stage(f"stopped: aborted by {self.who}" + (f" ({reason})" if reason else ""))
+        st.pause = None
+        self._rollback("abort", f"aborted by {self.who}" + (f": {reason}" if reason else ""), why=reason)
+        return Outcome("aborted", f"aborted by {self.who}: all traffic on {st.stable_version}, canary stopped")
 
     def revert(self, reason: str, to_revision: int | None = None) -> Outcome:
         """Whatever the state: all traffic to the last known-good version (or revision `to_revision`,
@@ -498,11 +576,199 @@ class Engine:
             st.stable_version = target.version
             st.add_revision(target.version, self.who, self.clock())
             st.phase = Phase.ROLLED_BACK
+        self._close_running_stage(f"stopped: reverted by {self.who}" + (f" ({reason})" if reason else ""))
+        st.pause = None
         st.transition = Transition("revert", ALL_STABLE, self.clock(), os.getpid(), self.who)
-        self._audit("revert", st.reason)
+        self._audit("revert", st.reason, reason=reason)
         self.save()
         self._complete_rollback()
-        return Outcome("reverted", f"all traffic on {st.stable_version}; canary stopped")
+        return Outcome("reverted", f"reverted by {self.who}: all traffic on {st.stable_version}; canary stopped")
+
+    # -- a person's decisions on a rollout in progress (directly, or asked of the driver) -------
+
+    def _close_running_stage(self, why: str) -> None:
+        """A stage recorded as running (a stopped load, or a driver that died) ends interrupted, saying why."""
+        rec = self.state.current_stage()
+        if rec is not None and rec.status is StageStatus.RUNNING:
+            rec.status, rec.ended_at = StageStatus.INTERRUPTED, rec.ended_at or self.clock()
+            rec.reason = why
+
+    def _require_active(self, verb: str) -> None:
+        st = self.state
+        if st.transition is not None:
+            self._finish_transition()
+        if not st.phase.active:
+            raise UsageError(f"no rollout in progress ({st.phase.value}); nothing to {verb}", "see `rollout status`")
+
+    def pause(self, reason: str = "") -> Outcome:
+        """Stop where it stands: the running stage's load ends (by the driver), the split stays, phase `paused`."""
+        st = self.state
+        self._require_active("pause")
+        if st.phase is not Phase.PROGRESSING:
+            raise UsageError(f"the rollout already waits for a person ({st.phase.value}: {st.reason})",
+                             "`rollout approve`/`reject` answer it; `rollout abort` stops it")
+        n = len(self.plan.stages)
+        k = min(st.stage_index, n - 1)
+        why = f": {reason}" if reason else ""
+        self._close_running_stage(f"stopped: paused by {self.who}{why}")
+        st.phase = Phase.PAUSED
+        st.pause = {"who": self.who, "reason": reason, "at": self.clock(), "stage": k}
+        st.reason = (f"paused by {self.who}{why}; traffic stays at {st.split.describe()}: `rollout resume` re-runs stage "
+                     f"{k + 1}/{n} `{self.plan.stages[k].name}` from its start, `rollout revert` puts all traffic on stable")
+        self._audit("pause", st.reason, reason=reason)
+        self.save()
+        return Outcome("paused", st.reason, EXIT_PAUSED)
+
+    def _resume(self, reason: str) -> None:
+        st = self.state
+        paused = st.pause or {}
+        st.pause = None
+        st.phase = Phase.PROGRESSING
+        st.reason = f"resumed by {self.who}" + (f": {reason}" if reason else "")
+        self._audit("resume", f"{st.reason} (paused by {paused.get('who', '?')}); `rollout {self.command}` re-runs the stage from its start",
+                    reason=reason)
+        self.save()
+
+    def check_resumable(self) -> None:
+        if rq.pause_kind(self.state) != "operator":
+            raise UsageError(f"nothing is paused by `rollout pause` ({self.state.phase.value}: {self.state.reason or 'no rollout in progress'})",
+                             "`rollout approve` answers a stage waiting for approval; `rollout run` carries on a rollout in progress")
+
+    def promote(self, reason: str = "", full: bool = False) -> Outcome:
+        """A person's promotion: end the current stage as passed (`full`: skip every remaining one and promote now)."""
+        st = self.state
+        self._require_active("promote")
+        n = len(self.plan.stages)
+        why = f": {reason}" if reason else ""
+        if not full:
+            if st.stage_index >= n:
+                raise UsageError("every stage has passed; only the promotion is left", "`rollout run` promotes, or `rollout promote --full`")
+            k = st.stage_index
+            self._accept_stage(f"stage {k + 1}/{n} `{self.plan.stages[k].name}` ended as passed by {self.who} (`rollout promote`){why}",
+                               action="promote", reason=reason)
+            if st.stage_index < n:
+                nxt = self.plan.stages[st.stage_index]
+                st.reason += f"; next: stage {st.stage_index + 1}/{n} `{nxt.name}`"
+            self.save()
+            return Outcome("stage-passed", st.reason)
+        skipped = [self.plan.stages[k].name for k in range(st.stage_index, n)]
+        while st.stage_index < n:  # each remaining stage: ended (or never run) by this decision
+            self._accept_stage(f"skipped by {self.who} (`rollout promote --full`){why}", action="promote", reason=reason)
+        st.approved = []
+        if st.canary_version is None:
+            raise UsageError("no canary to promote", "see `rollout status`")
+        version = st.canary_version
+        self._promote(manual=f"{version} promoted manually by {self.who} (`rollout promote --full`), skipping "
+                             f"{', '.join(f'`{x}`' for x in skipped) or 'no stage'}{why}", reason=reason)
+        st.reason = f"{version} promoted manually by {self.who}{why} (stages skipped: {', '.join(skipped) or 'none'})"
+        if st.past:
+            st.past[-1].reason = st.reason
+        self.save()
+        return Outcome("promoted", f"{st.reason}: it serves all traffic")
+
+    def retry_point(self, from_start: bool) -> tuple[str, int]:
+        """After a rollback or abort of version X: (X, the stage to start from) — where it stopped, or 0."""
+        st = self.state
+        if st.phase.active or st.transition is not None:
+            raise UsageError(f"a rollout is in progress ({st.phase.value}: {st.reason})", "`rollout run` carries it on")
+        last = st.past[-1] if st.past else None
+        if last is None or last.outcome not in (Phase.ROLLED_BACK.value, Phase.ABORTED.value):
+            raise UsageError("the last rollout was not rolled back or aborted: nothing to retry", "`rollout run --version V` starts a new one")
+        if from_start:
+            return last.canary, 0
+        done = 0
+        for rec in last.stages:
+            if rec.get("status") not in (StageStatus.PASSED.value, StageStatus.ACCEPTED.value):
+                break
+            done += 1
+        return last.canary, min(done, len(self.plan.stages))
+
+    def record_retry(self, version: str, first: int, reason: str) -> None:
+        n = len(self.plan.stages)
+        where = f"stage {first + 1}/{n} `{self.plan.stages[first].name}`" if first < n else "the promotion"
+        self._audit("retry", f"retry of {version} from {where} by {self.who}" + (f": {reason}" if reason else ""), reason=reason)
+        self.save()
+
+    # -- requests from other commands while this one drives ----------------------------------------
+
+    @contextmanager
+    def _as(self, who: str) -> Iterator[None]:
+        """Act for the person who asked: the audit trail names them, not the driver."""
+        saved, self.who = self.who, who
+        try:
+            yield
+        finally:
+            self.who = saved
+
+    def _me(self) -> str:
+        return drivers.describe(self.state.driver or drivers.identity(self.command, self.who))
+
+    def _take_request(self, stage_running: bool) -> Request | None:
+        """The oldest request to act on now (refusals are answered here), claimed so that nobody else acts on it."""
+        if self.mailbox is None:
+            return None
+        box = self.mailbox
+        try:
+            pending = box.read().pending(self.clock())
+            for req in pending:
+                kind, why = rq.meaning(req, self.state, stage_running)
+                if kind == rq.REFUSE:
+                    rq.answer(box, req.id, rq.REFUSED, why, self._me(), self.clock())
+                    self._audit("request-refused", f"{req.describe()} refused: {why}")
+                    continue
+                claim = rq.answer(box, req.id, rq.ACCEPTED, f"{self._me()} is acting on it", self._me(), self.clock())
+                if claim.outcome == rq.ACCEPTED and claim.by == self._me():
+                    self.out.event(f"request: {req.describe()}")
+                    return req
+        except RolloutError as exc:  # the mailbox unreadable must not stop the rollout itself
+            self.out.event(f"cannot read the request mailbox: {exc.what}")
+        return None
+
+    def _serve_between_steps(self) -> Outcome | None:
+        req = self._take_request(stage_running=False)
+        return self._serve(req, stage_running=False) if req is not None else None
+
+    def _serve(self, req: Request, stage_running: bool) -> Outcome | None:
+        """Act on a claimed request, answer it, and say whether driving ends (an Outcome) or goes on (None)."""
+        outcome: Outcome | None = None
+        try:
+            with self._as(req.who):
+                if req.verb == "revert":
+                    done = self.revert(req.reason)
+                    outcome = Outcome("reverted", done.message, EXIT_GATE_FAILED)
+                elif req.verb == "abort":
+                    done = self.abort(req.reason)
+                    outcome = Outcome("aborted", done.message, EXIT_GATE_FAILED)
+                elif req.verb == "pause":
+                    outcome = done = self.pause(req.reason)
+                elif req.verb == "promote":
+                    done = self.promote(req.reason, full=bool(req.args.get("full")))
+                    outcome = done if done.kind == "promoted" else None
+                else:  # meaning() refuses the others while driving
+                    raise UsageError(f"`{req.verb}` cannot be done while a driver runs", "")
+        except UsageError as exc:
+            rq.answer(self.mailbox, req.id, rq.REFUSED, exc.what, self._me(), self.clock()) if self.mailbox else None
+            return None
+        if self.mailbox is not None:
+            try:
+                rq.answer(self.mailbox, req.id, rq.DONE, done.message, self._me(), self.clock())
+            except RolloutError as exc:
+                self.out.event(f"acted on {req.describe()}, but could not acknowledge it: {exc.what}")
+        return outcome
+
+    def _record_live(self, i: int, stage: Stage, split: Split, stats: StageStats, verdicts: list[Verdict]) -> None:
+        """The latest numbers into the state, at most every LIVE_EVERY seconds (for `status --watch` anywhere)."""
+        now = self.clock()
+        if now - self._live_at < LIVE_EVERY:
+            return
+        self._live_at = now
+        st = self.state
+        versions = {"stable": st.stable_version, **({"canary": st.canary_version} if st.canary_version else {})}
+        st.live = snapshot(now, self._me(), i, stage.name, stage.duration, split, stats, versions, verdicts)
+        try:
+            self.save()
+        except RolloutError as exc:
+            self.out.event(f"could not record live numbers: {exc.what}")
 
     def down(self) -> Outcome:
         st = self.state

@@ -27,7 +27,7 @@ MAX_REVISIONS = 20
 class Phase(StrEnum):
     IDLE = "idle"  # nothing being rolled out; stable serves everyone
     PROGRESSING = "progressing"  # a rollout is between or inside stages
-    PAUSED = "paused"  # waiting for `rollout approve` before stage_index
+    PAUSED = "paused"  # waiting for `rollout approve` before stage_index, or paused by `rollout pause` (state.pause says so)
     AWAITING_REVIEW = "awaiting-review"  # stage_index ended uncertain: a person approves or rejects
     PROMOTED = "promoted"  # the canary became stable
     ROLLED_BACK = "rolled-back"  # a gate failed (or revert): all traffic on stable, canary stopped
@@ -44,6 +44,7 @@ class StageStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     REVIEW = "needs-review"
+    ACCEPTED = "accepted"  # ended as passed by a decision (approve, promote, a review timeout), not by its gates: decided_by says whose
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class StageRecord:
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)  # per-version summary numbers
     reason: str = ""
+    decided_by: dict[str, Any] | None = None  # a person's decision that ended it: {who, action, reason, at}
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class AuditEntry:
     who: str
     action: str
     detail: str
+    reason: str = ""  # a person's own words (`--reason`), kept apart from the generated detail
+
+MANUAL_ACTIONS = ("approve", "reject", "pause", "resume", "promote", "abort", "revert", "retry")
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,7 @@ class RolloutSummary:
     started_at: float
     ended_at: float
     stages: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # the people's decisions in it: {at, who, action, detail, reason}
 
 
 @dataclass
@@ -143,13 +149,20 @@ class State:
     revisions: list[Revision] = field(default_factory=list)
     past: list[RolloutSummary] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)  # the backend's own runtime record
+    # who drives the rollout now (or last did): {pid, start_ticks, host, command, since, who}; kept after a
+    # crash so `status` can name a driver that is gone, cleared when the driver ends normally
+    driver: dict[str, Any] | None = None
+    # an operator's `rollout pause` (not an approval wait): {who, reason, at, stage}
+    pause: dict[str, Any] | None = None
+    # the running driver's latest per-second numbers (rollout.engine.live), None when no stage runs
+    live: dict[str, Any] | None = None
     schema: int = SCHEMA_VERSION
 
     # -- small helpers that keep records consistent ---------------------------
 
-    def record(self, who: str, action: str, detail: str, now: float | None = None) -> None:
+    def record(self, who: str, action: str, detail: str, now: float | None = None, reason: str = "") -> None:
         at = time.time() if now is None else now
-        self.history.append(AuditEntry(at=at, who=who, action=action, detail=detail))
+        self.history.append(AuditEntry(at=at, who=who, action=action, detail=detail, reason=reason))
         if len(self.history) > MAX_HISTORY:
             del self.history[: len(self.history) - MAX_HISTORY]
         self.updated_at = at
@@ -240,6 +253,7 @@ def from_dict(d: dict[str, Any]) -> State:
                 verdicts=list(s.get("verdicts", [])),
                 stats=dict(s.get("stats", {})),
                 reason=s.get("reason", ""),
+                decided_by=s.get("decided_by"),
             )
             for s in d.get("stages", [])
         ],
@@ -251,5 +265,8 @@ def from_dict(d: dict[str, Any]) -> State:
         revisions=[Revision(**r) for r in d.get("revisions", [])],
         past=[RolloutSummary(**p) for p in d.get("past", [])],
         backend=dict(d.get("backend", {})),
+        driver=d.get("driver"),
+        pause=d.get("pause"),
+        live=d.get("live"),
         schema=int(d.get("schema", SCHEMA_VERSION)),
     )

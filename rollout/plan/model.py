@@ -156,6 +156,8 @@ class KubernetesTarget(Strict):
     progress_deadline: Duration = Field(300.0, description="how long a Deployment may take to become ready")
     entry_url: str | None = Field(None, description="where users' traffic enters (default: load.host)")
     canary_url: str | None = Field(None, description="the canary alone, for `load_to: canary` stages")
+    lease_duration: Duration = Field(15.0, ge=1.0, description="the lock Lease's duration: a killed command's lock expires this long after "
+                                     "its last renewal (then `revert`/`abort` act without --force)")
 
     @model_validator(mode="after")
     def _router_fields(self) -> KubernetesTarget:

@@ -69,6 +69,24 @@ class ConfigMapStore:
     def location(self) -> str:
         return f"ConfigMap {self.kube.namespace}/{self.name}"
 
+    def mailbox(self) -> Any:
+        """Requests to a live driver (rollout.backends.kubernetes.mailbox): a ConfigMap of their own."""
+        from rollout.backends.kubernetes.mailbox import KubeMailbox
+
+        return KubeMailbox(self.kube, self.plan)
+
+    def holder(self, wait: float = 0.0) -> dict[str, Any] | None:
+        """The Lease's holder while it is held and not expired: {identity, command, renewed}; else None."""
+        lease = self.kube.call("get", LEASES, self.name, self.kube.coord.read_namespaced_lease,
+                               self.name, self.kube.namespace, missing_ok=True)
+        spec = (lease or {}).get("spec") or {}
+        holder = spec.get("holderIdentity")
+        renewed = parse_time(spec.get("renewTime")) or 0.0
+        if not holder or time.time() > renewed + float(spec.get("leaseDurationSeconds") or self.lease_seconds):
+            return None
+        cmd = (((lease or {}).get("metadata") or {}).get("annotations") or {}).get(COMMAND_ANNOTATION)
+        return {"identity": holder, "command": cmd, "renewed": renewed}
+
     # -- reading ---------------------------------------------------------------
 
     def _read(self) -> dict[str, Any] | None:

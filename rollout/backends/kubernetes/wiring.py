@@ -25,10 +25,16 @@ def kube_for(loaded: LoadedPlan, kubeconfig: str | None = None, context: str | N
     return connect(kubeconfig=path, context=context or t.context, namespace=namespace or t.namespace)
 
 
+def _lease_seconds(loaded: LoadedPlan) -> int:
+    t = loaded.plan.target
+    assert isinstance(t, KubernetesTarget)
+    return max(1, round(float(t.lease_duration)))
+
+
 def make(loaded: LoadedPlan, **conn: str | None) -> tuple[KubernetesBackend, ConfigMapStore]:
     kube = kube_for(loaded, **conn)
-    return KubernetesBackend(loaded, kube), ConfigMapStore(kube, loaded.plan.name)
+    return KubernetesBackend(loaded, kube), ConfigMapStore(kube, loaded.plan.name, lease_seconds=_lease_seconds(loaded))
 
 
 def make_store(loaded: LoadedPlan, **conn: str | None) -> ConfigMapStore:
-    return ConfigMapStore(kube_for(loaded, **conn), loaded.plan.name)
+    return ConfigMapStore(kube_for(loaded, **conn), loaded.plan.name, lease_seconds=_lease_seconds(loaded))
