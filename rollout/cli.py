@@ -414,15 +414,16 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     """Phase, traffic split, verdicts and history; what is live right now. Takes no lock."""
     loaded = _load(plan)
     from rollout.backends import factory
-    from rollout.report.tables import status_dict, status_text
+    from rollout.report.tables import driver_alive, status_dict, status_text
 
     backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
     state = store.load()
     live = backend.inspect(state) if state is not None else None
+    alive = driver_alive(state, store) if state is not None else None
     if output is Output.json:
-        print(json.dumps(status_dict(state, live, store.location()), indent=2, default=str))
+        print(json.dumps(status_dict(state, live, store.location(), alive), indent=2, default=str))
     else:
-        print(status_text(loaded.plan, state, live, store.location()))
+        print(status_text(loaded.plan, state, live, store.location(), alive))
     return EXIT_OK
 
 

@@ -205,7 +205,12 @@ def test_sigkilled_driver_then_revert_without_force_acts_at_once(rollout_env: An
 def test_retry_after_a_revert_starts_where_it_stopped(rollout_env: Any) -> None:
     ro = rollout_env([{"name": "a", "weight": 10, "duration": "2s"}, {"name": "b", "weight": 50, "duration": "2s"}], gates={})
     assert ro("advance", "--version", "v2").returncode == 0
-    assert ro("revert").returncode == 0
+    text = ro("status").stdout
+    assert "stage 2/2 `b` next, waiting for `rollout advance`" in text and "running" not in text.splitlines()[1], text
+    assert "Revisions" in text
+    assert ro("revert", "--reason", "try again later").returncode == 0
+    text = ro("status").stdout
+    assert "Decisions by people" in text and "try again later" in text
     r = ro("retry", "--reason", "fixed config")
     assert r.returncode == 0 and "promoted" in r.stdout, r.stdout + r.stderr
     state = ro.status()["state"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from rollout.engine.state import StageStatus, State, to_dict
+from rollout.engine.state import MANUAL_ACTIONS, StageStatus, State, to_dict
 from rollout.plan.model import Gate, Plan
 from rollout.plan.units import fmt_duration, fmt_percent
 
@@ -81,9 +81,30 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
-def notes(state: State) -> list[str]:
-    """What the record alone cannot say: work that was cut off by a dead process."""
+def driver_alive(state: State, store: Any = None) -> bool | None:
+    """Whether the driver recorded in the state still runs: by pid and start time on its own host,
+    else by the lock (a Lease not expired); None when nobody can tell or no driver is recorded."""
+    from rollout.engine.driver import local_alive
+
+    if not state.driver:
+        return None
+    alive = local_alive(state.driver)
+    if alive is None and store is not None and hasattr(store, "holder"):
+        try:
+            alive = store.holder() is not None
+        except Exception:  # status must show what it can even when the cluster does not answer
+            alive = None
+    return alive
+
+
+def notes(state: State, alive: bool | None = None) -> list[str]:
+    """What the record alone cannot say: work that was cut off by a dead process.
+    `alive`: whether the recorded driver runs (driver_alive); None: judged here by pid when it ran on this host."""
+    from rollout.engine.driver import describe, local_alive
+
     out: list[str] = []
+    if state.driver and alive is None:
+        alive = local_alive(state.driver)
     t = state.transition
     if t is not None and not _pid_alive(t.pid):
         out.append(
@@ -94,7 +115,13 @@ def notes(state: State) -> list[str]:
     if failed_alerts:
         out.append(f"{len(failed_alerts)} alert(s) of this rollout could not be delivered; latest: {failed_alerts[-1].detail}")
     rec = state.current_stage()
-    if rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not _pid_alive(rec.pid):
+    if state.driver and alive is False and state.phase.active:
+        n_at = state.stage_index + 1
+        stopped = time.strftime("%H:%M:%S", time.localtime(state.updated_at)) if state.updated_at else "?"
+        out.append(f"{describe(state.driver)} stopped at {stopped} without finishing stage {n_at}; traffic is at {state.split.describe()}: "
+                   f"`rollout run` or `rollout advance` carries on (a stage that was running re-runs from its start), "
+                   f"`rollout revert` puts all traffic on stable")
+    elif rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not _pid_alive(rec.pid):
         out.append(
             f"stage {rec.index + 1} `{rec.name}` was running in pid {rec.pid}, which is gone (killed?); "
             f"traffic is at {state.split.describe()}: `rollout advance` re-runs the stage, `rollout revert` puts all traffic on stable"
@@ -106,12 +133,25 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, location: str) -> str:
+def _phase_line(state: State, alive: bool | None) -> str:
+    line = f"Phase:    {state.phase.value}" + (f" — {state.reason}" if state.reason else "")
+    if state.phase.active and state.driver:
+        from rollout.engine.driver import describe
+
+        line += f" (driven by {describe(state.driver)})" if alive else " (its driver is gone: see the note)" if alive is False else ""
+    return line
+
+
+def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, location: str, alive: bool | None = None) -> str:
     if state is None:
         return f"Rollout `{plan.name}`: nothing recorded yet ({location}); `rollout run` starts one."
+    if state.driver and alive is None:
+        from rollout.engine.driver import local_alive
+
+        alive = local_alive(state.driver)
     lines = [
         f"Rollout `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}>",
-        f"Phase:    {state.phase.value}" + (f" — {state.reason}" if state.reason else ""),
+        _phase_line(state, alive),
         f"Stable:   {state.stable_version}" + (f"    Canary: {state.canary_version}" if state.canary_version else ""),
         f"Traffic:  {state.split.describe()}",
     ]
@@ -134,25 +174,43 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
             bits.append(f"router :{r['port']} {'up' if r['alive'] else 'DOWN'}" + (f" ({lw * 100:g}% to canary)" if lw is not None else ""))
         if bits:
             lines.append("Live:     " + "; ".join(bits))
-    for note in notes(state):
+    for note in notes(state, alive):
         lines.append(f"Note:     {note}")
     if state.stages:
         rows = []
         for r in state.stages:
             s = r.stats.get("all", {})
-            rows.append([r.index + 1, r.name, r.split.describe(), r.status.value, f"{s.get('requests', 0):,}", "; ".join(f"{v['gate']}: {v['message']}" for v in r.verdicts if v["status"] in ("fail", "inconclusive")) or r.reason])
+            verdict = "; ".join(f"{v['gate']}: {v['message']}" for v in r.verdicts if v["status"] in ("fail", "inconclusive")) or r.reason
+            if r.decided_by:  # passed by a person's decision, never by its gates
+                verdict = r.reason
+            rows.append([r.index + 1, r.name, r.split.describe(), _stage_status(r.status.value, r.decided_by), f"{s.get('requests', 0):,}", verdict])
         lines += ["", tabulate(rows, headers=["#", "stage", "traffic", "status", "requests", "verdict"])]
     if state.past:
         rows = [[p.number, f"{p.stable} → {p.canary}", p.outcome, _when(p.ended_at), p.reason[:120]] for p in state.past[-5:]]
         lines += ["", "Past rollouts:", tabulate(rows, headers=["#", "versions", "outcome", "ended", "why"])]
+    if state.revisions:
+        rows = [[r.number, r.version, _when(r.at), r.by] for r in state.revisions[-10:]]
+        lines += ["", "Revisions (`rollout revert --to-revision N`):", tabulate(rows, headers=["#", "version", "promoted", "by"])]
+    decisions = [h for h in state.history if h.action in MANUAL_ACTIONS][-10:]
+    if decisions:
+        rows = [[_when(h.at), h.who, h.action, h.reason or "-", h.detail[:90]] for h in decisions]
+        lines += ["", "Decisions by people (latest 10):", tabulate(rows, headers=["when", "who", "decided", "reason", "detail"])]
     hist = [[_when(h.at), h.who, h.action, h.detail[:110]] for h in state.history[-10:]]
     if hist:
         lines += ["", "History (latest 10):", tabulate(hist, headers=["when", "who", "action", "detail"])]
     return "\n".join(lines)
 
 
-def status_dict(state: State | None, live: dict[str, Any] | None, location: str) -> dict[str, Any]:
-    return {"state": to_dict(state) if state else None, "live": live, "notes": notes(state) if state else [], "location": location}
+def _stage_status(status: str, decided_by: dict[str, Any] | None) -> str:
+    """A stage ended by a person says so: `accepted (promote by alice)`, never a bare `passed`."""
+    if not decided_by:
+        return status
+    return f"{status} ({decided_by.get('action', '?')} by {decided_by.get('who', '?')})"
+
+
+def status_dict(state: State | None, live: dict[str, Any] | None, location: str, alive: bool | None = None) -> dict[str, Any]:
+    return {"state": to_dict(state) if state else None, "live": live, "notes": notes(state, alive) if state else [], "location": location,
+            "driver_alive": alive}
 
 
 def outcome_table(state: State, total_stages: int | None = None) -> str:
@@ -169,6 +227,9 @@ def outcome_table(state: State, total_stages: int | None = None) -> str:
             msgs = [f"{v['gate']} {v['message']}" for v in last["verdicts"]]
             decisive = f"{last['name']}: " + "; ".join(msgs[:3])
         reqs = sum(st["stats"].get("all", {}).get("requests", 0) for st in p.stages)
+        manual = [d for d in p.decisions if d.get("action") in ("promote", "approve", "revert", "abort", "reject")]
+        if manual:
+            decisive = f"{manual[-1]['who']} ({manual[-1]['action']}" + (f": {manual[-1]['reason']}" if manual[-1].get("reason") else "") + f"); {decisive}"
         rows.append([p.number, f"{p.stable} → {p.canary}", p.outcome.upper(), f"{sum(1 for s in p.stages if s['status'] == 'passed')}/{total_stages or len(p.stages)}", f"{reqs:,}", f"{p.ended_at - p.started_at:,.0f}s", decisive])
     return tabulate(rows, headers=["#", "rollout", "outcome", "stages passed", "requests", "took", "decided by"], maxcolwidths=[None, None, None, None, None, None, 80])
 
