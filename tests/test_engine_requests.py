@@ -193,3 +193,18 @@ def test_approve_on_review_is_recorded_as_a_decision(plan: Any) -> None:
     assert rec.status is StageStatus.ACCEPTED and rec.decided_by["who"] == "ci-driver"  # type: ignore[index]
     h = store.state.history[-1]  # type: ignore[union-attr]
     assert h.action == "approve" and h.reason == "p95 is noise from the batch job"
+
+
+def test_reports_mark_a_stage_ended_by_a_person_and_list_the_decisions(plan: Any) -> None:
+    from rollout.report import json_report, markdown
+
+    box = MemoryMailbox()
+    engine, backend, store = engine_for(plan, runner_posting(box, 2, request("promote")), box, [1000.0])
+    out = engine.drive("v2", from_cli=True, one_stage=False)
+    report = json_report.rollout_report("run", plan, engine.state, [], out, 1000.0, 1100.0, "local")
+    first = report["stages"][0]
+    assert first["status"] == "accepted" and first["decided_by"]["who"] == "alice"
+    assert [(d["action"], d["who"], d["reason"]) for d in report["decisions"]] == [("promote", "alice", "saw something")]
+    text = markdown.render(report)
+    assert "accepted by alice (`promote`: saw something, not by its gates)" in text
+    assert "### Decisions by people" in text and "| alice | promote | saw something |" in text

@@ -229,9 +229,9 @@ def test_sigkill_mid_stage_then_status_tells_the_truth_and_revert_restores_stabl
     st = ro.status()
     state = st["state"]
     assert state["phase"] == "progressing" and state["split"]["weight"] == 0.5
-    assert any("which is gone" in n for n in st["notes"]), st["notes"]
+    assert any(f"`rollout run` (pid {proc.pid} on" in n and "is gone" in n for n in st["notes"]), st["notes"]
     text = ro("status").stdout
-    assert "which is gone" in text and "rollout revert" in text
+    assert "is gone" in text and "rollout revert" in text
     canary_pid = state["backend"]["canary"]["pid"]
     assert alive(canary_pid)  # the local backend outlives the command, like a cluster
     r = ro("revert", "--reason", "3am")

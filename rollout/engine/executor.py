@@ -265,7 +265,7 @@ class Engine:
         self._rollback("rollback", f"stage {self.state.stage_index + 1} `{self.plan.stages[self.state.stage_index].name}`: {reason}")
         return False
 
-    def _accept_stage(self, why: str, action: str = "review-accepted", reason: str = "") -> None:
+    def _accept_stage(self, why: str, action: str = "review-accepted", reason: str = "", record: bool = True) -> None:
         """The stage under review (or about to run, for `promote`) ends as passed by a decision, not its gates."""
         st = self.state
         rec = st.current_stage()
@@ -286,7 +286,8 @@ class Engine:
         st.review_deadline = None
         st.pause = None
         st.reason = why
-        self._audit(action, why, reason=reason)
+        if record:
+            self._audit(action, why, reason=reason)
         self.save()
 
     def _run_stage(self, i: int) -> str:
@@ -450,7 +451,7 @@ class Engine:
         if manual:
             self._audit("promote", manual, reason=reason)
         else:
-            self._audit("promote", f"promoting {st.canary_version}: all stages passed")
+            self._audit("promoting", f"promoting {st.canary_version}: all stages passed")
         self.save()
         self._complete_promote()
 
@@ -653,7 +654,7 @@ class Engine:
             return Outcome("stage-passed", st.reason)
         skipped = [self.plan.stages[k].name for k in range(st.stage_index, n)]
         while st.stage_index < n:  # each remaining stage: ended (or never run) by this decision
-            self._accept_stage(f"skipped by {self.who} (`rollout promote --full`){why}", action="promote", reason=reason)
+            self._accept_stage(f"skipped by {self.who} (`rollout promote --full`){why}", action="promote", reason=reason, record=False)
         st.approved = []
         if st.canary_version is None:
             raise UsageError("no canary to promote", "see `rollout status`")

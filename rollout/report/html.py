@@ -27,7 +27,7 @@ ML, MR, MT, MB = 64, 16, 24, 30
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 FIXED = {"stable": "#1f77b4", "canary": "#ff7f0e", "unknown": "#7f7f7f"}
 STAT_DASH = {"p50": "2 3", "p95": "", "p99": "7 4"}
-STAGE_FILL = {"passed": "#2ca02c", "promoted": "#2ca02c", "failed": "#d62728", "needs-review": "#ff9f1c", "interrupted": "#999999"}
+STAGE_FILL = {"passed": "#2ca02c", "accepted": "#8c6bb1", "promoted": "#2ca02c", "failed": "#d62728", "needs-review": "#ff9f1c", "interrupted": "#999999"}
 
 
 def _e(x: Any) -> str:

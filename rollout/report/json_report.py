@@ -192,6 +192,7 @@ def rollout_report(command: str, loaded: Any, state: Any, captured: list[dict[st
             "stats": dict(rec.stats),
             "timeline": list(cap["stats"].timeline) if cap else None,
             "decisive": _decisive(list(rec.verdicts), cap.get("decided_at") if cap else None, elapsed),
+            **({"decided_by": dict(rec.decided_by)} if rec.decided_by else {}),
         })
     result = {"stage-passed": "passed"}.get(outcome.kind, outcome.kind)
     canary = state.canary_version or (state.past[-1].canary if state.past else None)
@@ -208,7 +209,17 @@ def rollout_report(command: str, loaded: Any, state: Any, captured: list[dict[st
         "ended_at": ended,
         "duration_s": round(ended - started, 3),
         "stages": stages,
+        "decisions": _decisions(state),
     })
+
+
+def _decisions(state: Any) -> list[dict[str, Any]]:
+    """A person's decisions in this rollout, from the audit trail (who, when, what, why)."""
+    from rollout.engine.state import MANUAL_ACTIONS
+
+    since = state.started_at or 0.0
+    return [{"at": h.at, "who": h.who, "action": h.action, "detail": h.detail, "reason": h.reason}
+            for h in state.history if h.action in MANUAL_ACTIONS and h.at >= since]
 
 
 def write(report: dict[str, Any], path: str | Path) -> Path:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import time
 from typing import Any
 
 from rollout.plan.units import fmt_ms, fmt_percent
 
-ICON = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "pending": "⏳", "passed": "✅", "failed": "❌", "promoted": "✅",
+ICON = {"accepted": "☑️", "pass": "✅", "fail": "❌", "inconclusive": "⚠️", "pending": "⏳", "passed": "✅", "failed": "❌", "promoted": "✅",
         "rolled-back": "❌", "needs-review": "⚠️", "awaiting-review": "⚠️", "paused": "⏸️", "interrupted": "⚠️", "error": "💥"}
 
 
@@ -37,7 +38,11 @@ def render(report: dict[str, Any]) -> str:
         s = st.get("stats") or {}
         head = f"### {ICON.get(st['status'], '•')} "
         head += "load" if report["command"] == "gate" else f"stage {st['index'] + 1} `{st['name']}`"
-        head += f" — {st['status']}, {s.get('all', {}).get('requests', 0):,} requests in {s.get('elapsed_s', 0):,.1f}s"
+        status = st["status"]
+        if st.get("decided_by"):  # ended by a person's decision, not by its gates
+            d = st["decided_by"]
+            status += f" by {d.get('who', '?')} (`{d.get('action', '?')}`" + (f": {d['reason']}" if d.get("reason") else "") + ", not by its gates)"
+        head += f" — {status}, {s.get('all', {}).get('requests', 0):,} requests in {s.get('elapsed_s', 0):,.1f}s"
         if st.get("users"):
             head += f", {st['users']} users"
         lines += [head, "", "| gate | result | observed | limit | requests | detail |", "|---|---|---:|---:|---:|---|"]
@@ -56,6 +61,13 @@ def render(report: dict[str, Any]) -> str:
                 d = s[k]
                 lines.append(f"| {k} | {d['requests']:,} | {_v('error_rate', d.get('error_rate'))} | {_v('p', d.get('p50_ms'))} | "
                              f"{_v('p', d.get('p95_ms'))} | {_v('p', d.get('p99_ms'))} |")
+        lines.append("")
+    decisions = report.get("decisions") or []
+    if decisions:
+        lines += ["### Decisions by people", "", "| when | who | decided | reason | detail |", "|---|---|---|---|---|"]
+        for d in decisions:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["at"]))
+            lines.append(f"| {when} | {_cell(d['who'])} | {d['action']} | {_cell(d.get('reason') or '-')} | {_cell(d['detail'])} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

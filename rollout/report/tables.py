@@ -118,7 +118,7 @@ def notes(state: State, alive: bool | None = None) -> list[str]:
     if state.driver and alive is False and state.phase.active:
         n_at = state.stage_index + 1
         stopped = time.strftime("%H:%M:%S", time.localtime(state.updated_at)) if state.updated_at else "?"
-        out.append(f"{describe(state.driver)} stopped at {stopped} without finishing stage {n_at}; traffic is at {state.split.describe()}: "
+        out.append(f"{describe(state.driver)} is gone: it stopped at {stopped} without finishing stage {n_at}; traffic is at {state.split.describe()}: "
                    f"`rollout run` or `rollout advance` carries on (a stage that was running re-runs from its start), "
                    f"`rollout revert` puts all traffic on stable")
     elif rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not _pid_alive(rec.pid):
