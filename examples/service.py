@@ -19,6 +19,10 @@ Behaviour per request on /api/answer:
     errors     each request fails with probability `--error-rate` (after its latency)
     confidence normal around `--confidence` (sd 0.05), clipped to [0, 1]
 
+A running version can be degraded from outside (tests, demos of `rollout watch`): with `--control-file F`,
+a JSON file {"error_rate": 0.02, "confidence": 0.6} (either key) overrides those flags while it exists;
+it is re-read at most every 0.2 s.
+
 Units: --latency 20ms / 0.02s / 20 (bare number: ms); --error-rate 4% / 0.04
 (bare number: a fraction). `--seed` makes the sequence of draws reproducible.
 
@@ -81,6 +85,9 @@ class Service:
         self.confidence = confidence
         self.rng = random.Random(seed)
         self.in_flight = 0
+        self.base = (error_rate, confidence)
+        self.control_file: str | None = None
+        self._control_read = 0.0
         self.registry = CollectorRegistry()
         self.requests = Counter("http_requests_total", "Requests to /api/answer by version and status.",
                                 ["version", "status"], registry=self.registry)
@@ -104,8 +111,23 @@ class Service:
         body = json.dumps({"version": self.version, "error": f"no such path {path}"}).encode()
         return self.reply(start_response, "404 Not Found", body)
 
+    def apply_control(self) -> None:
+        """--control-file: overrides of error_rate / confidence while the file exists (re-read every 0.2 s)."""
+        now = time.monotonic()
+        if self.control_file is None or now - self._control_read < 0.2:
+            return
+        self._control_read = now
+        try:
+            with open(self.control_file, encoding="utf-8") as f:
+                over = json.load(f)
+        except (OSError, ValueError):
+            over = {}
+        self.error_rate = float(over.get("error_rate", self.base[0]))
+        self.confidence = float(over.get("confidence", self.base[1]))
+
     def answer(self, environ, start_response):
         rng = self.rng
+        self.apply_control()
         started = time.perf_counter()
         if self.mu is not None:
             delay = rng.lognormvariate(self.mu, self.jitter) if self.jitter > 0 else math.exp(self.mu)
@@ -157,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--error-rate", default="0%", help="share of /api/answer answered 500 (4%% or 0.04)")
     p.add_argument("--confidence", type=float, default=0.9, help="mean confidence score in answers (0..1)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible latency/error/confidence draws")
+    p.add_argument("--control-file", default=None, help="JSON {error_rate, confidence} overriding the flags while it exists")
     args = p.parse_args(argv)
     try:
         latency_ms = parse_latency_ms(args.latency)
@@ -167,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--latency and --jitter must be >= 0 and --confidence within 0..1")
 
     app = Service(args.version, latency_ms, args.jitter, error_rate, args.confidence, args.seed)
+    app.control_file = args.control_file
     server = Server((args.host, args.port), app, log=None, error_log=sys.stderr, backlog=1024)
 
     stopping = Event()

@@ -53,10 +53,12 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(tmp: Path, extra_scrape: list[dict[str, Any]] | None = None) -> Iterator[Prometheus]:
+def prometheus(tmp: Path, extra_scrape: list[dict[str, Any]] | None = None, targets_file: Path | None = None) -> Iterator[Prometheus]:
+    """`targets_file`: a file_sd file someone else writes (e.g. the local backend's prometheus-targets.json)."""
     binary = require_tool("prometheus", "prometheus")
-    targets = tmp / "targets.json"
-    targets.write_text("[]")
+    targets = targets_file or tmp / "targets.json"
+    if targets_file is None:
+        targets.write_text("[]")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "services", "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "1s"}]},
