@@ -340,6 +340,9 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
         state = store.load()
         if state is None:
             return EXIT_BAD_INPUT
+        if state.phase is Phase.PAUSED and state.pause:  # an operator's `rollout pause`: `rollout resume` drives on
+            print(f"⏸ paused: {state.reason}")
+            return EXIT_PAUSED
         if state.phase is Phase.AWAITING_REVIEW:
             if state.review_deadline is not None and time.time() >= state.review_deadline:
                 return None
