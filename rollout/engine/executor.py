@@ -748,7 +748,11 @@ class Engine:
                 else:  # meaning() refuses the others while driving
                     raise UsageError(f"`{req.verb}` cannot be done while a driver runs", "")
         except UsageError as exc:
-            rq.answer(self.mailbox, req.id, rq.REFUSED, exc.what, self._me(), self.clock()) if self.mailbox else None
+            if stage_running:  # the load was stopped for it: the stage re-runs from its start
+                self._close_running_stage(f"stopped for {req.describe()}, which could not be done: {exc.what}")
+                self.save()
+            if self.mailbox is not None:
+                rq.answer(self.mailbox, req.id, rq.REFUSED, exc.what, self._me(), self.clock())
             return None
         if self.mailbox is not None:
             try:
