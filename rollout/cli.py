@@ -160,6 +160,7 @@ def schema() -> int:
 
 
 REQUEST_POLL_SECONDS = 0.2
+LOCK_RETRY_SECONDS = 1.0
 
 
 def _print_ack(req: Any, ack: Any) -> int:
@@ -187,6 +188,7 @@ def _lock_or_request(store: Any, verb: str, reason: str, args: dict[str, Any], t
     deadline = time.monotonic() + timeout
     accepted_until: float | None = None
     holder = ""
+    next_lock_try = 0.0
     while True:
         if req is not None:
             ack = box.read().ack_of(req.id)
@@ -195,6 +197,10 @@ def _lock_or_request(store: Any, verb: str, reason: str, args: dict[str, Any], t
             if ack is not None and ack.outcome == rq.ACCEPTED and accepted_until is None:
                 accepted_until = time.monotonic() + max(timeout, 60.0)
                 print(f"• {ack.by} is acting on it", file=sys.stderr)
+        if time.monotonic() < next_lock_try:  # the answer is polled often, the lock (is the driver gone?) once a second
+            time.sleep(REQUEST_POLL_SECONDS)
+            continue
+        next_lock_try = time.monotonic() + LOCK_RETRY_SECONDS
         try:
             with store.lock(verb, force=force):
                 if req is not None:  # the driver ended (or died) without answering: act here

@@ -118,3 +118,21 @@ def test_a_recycled_pid_is_not_the_driver() -> None:
     assert local_alive({**me, "start_ticks": me["start_ticks"] + 1}) is False
     assert local_alive({**me, "host": "elsewhere"}) is None
     assert describe(me).startswith("`rollout run` (pid ")
+
+
+def test_no_answer_in_time_says_so_withdraws_the_request_and_changes_nothing(tmp_path: Path, base_plan: dict) -> None:
+    from tests.conftest import run_cli, write_plan
+
+    plan = write_plan(tmp_path, base_plan)
+    state_dir = tmp_path / "state"
+    store = LocalStore(state_dir / "svc")
+    with store.lock("run"):  # a "driver" that never reads its mailbox (stuck)
+        r = run_cli("pause", str(plan), "--reason", "look", "--timeout", "1", env={"ROLLOUT_STATE_DIR": str(state_dir), "ROLLOUT_ACTOR": "bob"})
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "asked it to pause" in r.stderr and "no acknowledgement within 1s" in r.stderr and "--force" in r.stderr
+    assert "Traceback" not in r.stderr
+    box = store.mailbox().read()
+    (req,) = box.requests
+    assert req.verb == "pause" and req.who == "bob" and req.reason == "look"
+    assert box.ack_of(req.id).outcome == rq.EXPIRED  # type: ignore[union-attr]  # withdrawn: no later driver acts on it
+    assert store.load() is None  # nothing changed
