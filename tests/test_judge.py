@@ -61,6 +61,7 @@ def test_between_the_margins_is_inconclusive_at_the_end() -> None:
 
 
 def test_alpha_is_split_over_the_sequential_gates() -> None:
-    judge = StageJudge({"a": ERR, "b": P95, "c": Gate(metric="p95", max="1s")})
-    assert set(judge.sequential) == {"a", "b"}
-    assert all(abs(s.alpha - 0.005) < 1e-12 for s in judge.sequential.values())
+    # an absolute limit is sequential by default and shares the budget; `method: threshold` keeps the old rule
+    judge = StageJudge({"a": ERR, "b": P95, "c": Gate(metric="p95", max="1s"), "d": Gate(metric="p95", max="1s", method="threshold")})
+    assert set(judge.sequential) == {"a", "b", "c"}
+    assert all(abs(s.alpha - 0.01 / 3) < 1e-12 for s in judge.sequential.values())
