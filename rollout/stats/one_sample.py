@@ -42,36 +42,41 @@ state: the gate keeps only the cumulative counters.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 from scipy.special import betainc, betaincc, betaln
 
 from .verdict import Decision, fmt_count, fmt_e
 
 
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 else -math.inf
+def log_e_fail(n: Any, x: Any, p0: float) -> Any:
+    """log E_fail: evidence that the rate is above p0 (uniform mixture over [p0, 1]).
 
-
-def log_e_fail(n: int, x: int, p0: float) -> float:
-    """log E_fail: evidence that the rate is above p0 (uniform mixture over [p0, 1])."""
+    Scalars or numpy arrays of counts (the benches evaluate whole paths at once).
+    """
     if not 0 < p0 < 1:
         raise ValueError("p0 must be in (0, 1)")
-    if n == 0:
-        return 0.0
+    n, x = np.asarray(n, dtype=float), np.asarray(x, dtype=float)
     a, b = x + 1, n - x + 1
-    tail = float(betaincc(a, b, p0))  # 1 - I_{p0}(a, b)
-    return betaln(a, b) + _log(tail) - math.log1p(-p0) - x * math.log(p0) - (n - x) * math.log1p(-p0)
+    with np.errstate(divide="ignore"):
+        tail = np.log(betaincc(a, b, p0))  # log(1 - I_{p0}(a, b)); -inf when it underflows (no evidence)
+    out = betaln(a, b) + tail - math.log1p(-p0) - x * math.log(p0) - (n - x) * math.log1p(-p0)
+    out = np.where(n == 0, 0.0, out)
+    return float(out) if out.ndim == 0 else out
 
 
-def log_e_pass(n: int, x: int, p1: float) -> float:
+def log_e_pass(n: Any, x: Any, p1: float) -> Any:
     """log E_pass: evidence that the rate is below p1 (uniform mixture over [0, p1])."""
     if not 0 < p1 < 1:
         raise ValueError("p1 must be in (0, 1)")
-    if n == 0:
-        return 0.0
+    n, x = np.asarray(n, dtype=float), np.asarray(x, dtype=float)
     a, b = x + 1, n - x + 1
-    head = float(betainc(a, b, p1))  # I_{p1}(a, b)
-    return betaln(a, b) + _log(head) - math.log(p1) - x * math.log(p1) - (n - x) * math.log1p(-p1)
+    with np.errstate(divide="ignore"):
+        head = np.log(betainc(a, b, p1))  # log I_{p1}(a, b)
+    out = betaln(a, b) + head - math.log(p1) - x * math.log(p1) - (n - x) * math.log1p(-p1)
+    out = np.where(n == 0, 0.0, out)
+    return float(out) if out.ndim == 0 else out
 
 
 def _check(n: int, x: int) -> None:
