@@ -120,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 40 stages, 200 runs (a few seconds)")
     ap.add_argument("--stages", type=int, default=None, help="simulated stages per case (default 400)")
-    ap.add_argument("--runs", type=int, default=None, help="runs per detection case (default 2000)")
+    ap.add_argument("--runs", type=int, default=None, help="runs per detection case (default 1000)")
     ap.add_argument("--seed", type=int, default=20261203)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "absolute.json")
     args = ap.parse_args(argv)
     stages = args.stages or (40 if args.quick else 400)
-    runs = args.runs or (200 if args.quick else 2000)
+    runs = args.runs or (200 if args.quick else 1000)
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
 
@@ -150,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nPart 2: requests to a verdict, checked at every request, {runs} runs, α = {ALPHA:.0%}")
     det_rows = []
-    print(f"{'case':34s} {'decided':>8s} {'median':>7s} {'p95':>7s} {'fixed n (50%/95% power)':>24s} {'Wald E[N] floor':>16s} {'threshold median':>17s}")
-    for label, p, limit, side, horizon in (("FAIL: 5 % errors vs a 2 % limit", 0.05, 0.02, "fail", 6000),
-                                           ("PASS: 0.5 % errors vs a 2 % limit", 0.005, 0.02, "pass", 6000)):
+    print(f"{'case':34s} {'decided':>8s} {'median':>7s} {'p95':>7s} {'mean':>6s} {'fixed n (50%/95% power)':>24s} {'Wald E[N] floor':>16s} {'threshold median':>17s}")
+    for label, p, limit, side, horizon in (("FAIL: 5 % errors vs a 2 % limit", 0.05, 0.02, "fail", 4000),
+                                           ("PASS: 0.5 % errors vs a 2 % limit", 0.005, 0.02, "pass", 4000)):
         r = requests_to_verdict(rng, p, limit, side, runs, horizon)
         det_rows.append({"case": label, "p_true": p, "limit": limit, "side": side, **r})
         thr = f"{r['threshold_median']:,.0f}" if "threshold_median" in r else "—"
-        print(f"{label:34s} {r['decided']:>4d}/{runs:<4d}{r['median']:>7,.0f} {r['p95']:>7,.0f} "
+        print(f"{label:34s} {r['decided']:>4d}/{runs:<4d}{r['median']:>7,.0f} {r['p95']:>7,.0f} {r['mean']:>6,.0f} "
               f"{r['fixed_n_power50']:>11,d} / {r['fixed_n_power95']:<10,d} {r['wald_bound_expected_n']:>16,.0f} {thr:>17s}")
     elapsed = time.perf_counter() - t0
     print(f"\n{elapsed:.1f} s; JSON: {args.out}")
