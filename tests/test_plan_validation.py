@@ -241,3 +241,11 @@ def test_margins_rates_and_alphas_take_the_same_spellings(tmp_path: Path, base_p
     assert g["bare"].max_increase == 0.01 and g["bare"].method == "threshold"  # comparisons keep their default
     assert g["ratio"].max_ratio == 2.0 and g["ratio"].max_increase is None
     assert abs(g["lat"].max_increase - 1.5) < 1e-12
+
+
+def test_a_hundred_percent_error_increase_is_refused_by_validate_not_at_run_time(tmp_path: Path, base_plan: dict) -> None:
+    p = copy.deepcopy(base_plan)
+    p["gates"]["double"] = {"metric": "error_rate", "compare": "stable", "max_increase": "100%", "method": "sequential"}
+    r = run_cli("validate", str(write_plan(tmp_path, p)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "gates.double.max_increase" in r.stderr and "+1pt" in r.stderr and "max_ratio: 2" in r.stderr, r.stderr
