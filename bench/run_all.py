@@ -16,6 +16,7 @@ RUNS = [
     ["bench_gate.py"],
     ["bench_false_rollback.py"],
     ["bench_absolute.py"],
+    ["bench_watch.py"],
 ]
 
 if __name__ == "__main__":
