@@ -88,9 +88,9 @@ class RetryPolicy:
     """Exponential backoff within a budget: a call spends at most `max_total` seconds (waiting
     plus the retried requests' own time) and `tries` attempts on transient failures.
 
-    A `Retry-After` from the server is honoured as long as it fits in what is left of the
-    budget; one that does not is given up on at once (waiting less than asked would only
-    earn another 429)."""
+    A `Retry-After` from the server replaces the backoff (the server knows its load, as
+    client-go assumes) as long as it fits in what is left of the budget; one that does not
+    is given up on at once (waiting less than asked would only earn another 429)."""
 
     tries: int = 30
     base: float = 0.2
@@ -273,7 +273,7 @@ class Kube:
                 if retry_after > left_budget:
                     gave_up = f"; the server asked to wait {retry_after:g}s more, beyond the {max(left_budget, 0):.1f}s left of the budget"
                     break
-                delay = max(delay, retry_after)  # the server's word, within our budget
+                delay = max(retry_after, 0.05)  # the server's word (as client-go takes it), within our budget
             delay = min(delay, left_budget)
             if tries >= self.retry.tries or delay <= 0:
                 break
