@@ -209,7 +209,6 @@ def test_bad_step_timeout_flag_is_exit_2(tmp_path: Path, fake: FakeApiServer, va
     assert fake.get("configmaps", NS, "rollout-answer") is None  # refused before touching anything
 
 
-@pytest.mark.slow
 def test_slow_httproutes_run_exits_3_within_the_step_deadline_and_revert_repairs(tmp_path: Path, fake: FakeApiServer, site: str) -> None:
     """The finding: with 20 s per `GET httproutes`, `run` had no deadline; killed at 150 s, the state said
     `progressing, stable v1` while the stable Deployment had the new image."""
@@ -251,7 +250,6 @@ def test_slow_httproutes_run_exits_3_within_the_step_deadline_and_revert_repairs
 # -- fencing: a command that lost its lock stops before its next write ----------------------------------
 
 
-@pytest.mark.slow
 def test_lease_renewals_failing_mid_run_stop_the_command_before_promotion(tmp_path: Path, fake: FakeApiServer, site: str) -> None:
     """The finding: lease renewals failing from mid-run did not stop the run: it promoted, then exited 3."""
     plan = cli_plan(tmp_path, site, "5s", lease_duration="2s")

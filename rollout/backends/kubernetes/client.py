@@ -117,7 +117,7 @@ class Deadline:
     def expired(self, doing: str, last: str = "") -> StepTimeout:
         tail = f" (last answer: {last})" if last else ""
         return StepTimeout(
-            f"{self.step} did not finish within its deadline of {self.seconds:g}s; it was stopped while waiting to {doing}{tail}",
+            f"{self.step} did not finish within its deadline of {round(self.seconds, 2):g}s; it was stopped while waiting to {doing}{tail}",
             "it may be half done, and the state says what: `rollout status` shows it, `rollout run` finishes it, "
             "`rollout revert` puts all traffic back on stable; if the cluster is only slow, raise the deadline "
             "(--step-timeout, or target.step_timeout in the plan)")
