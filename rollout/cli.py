@@ -439,6 +439,31 @@ def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt
     return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
+@app.command()
+def watch(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
+          namespace: NamespaceOpt = None,
+          for_: Annotated[Optional[str], typer.Option("--for", help="stop after this long (30s, 8h); default: until Ctrl-C/SIGTERM", metavar="DURATION")] = None) -> int:
+    """Judge the live version continuously (the plan's `watch:`): alert on a breach, revert with `on_breach: revert`.
+    Exit 0 when nothing fired, 1 when it reverted or a breach is still firing."""
+    from rollout.backends import factory
+    from rollout.engine.state import actor
+    from rollout.errors import UsageError
+    from rollout.plan.units import parse_duration
+    from rollout.watch.command import WatchLoop
+
+    duration = None
+    if for_ is not None:
+        try:
+            duration = parse_duration(for_)
+        except ValueError as exc:
+            raise UsageError(f"--for {for_!r}: expected {exc}", "give a duration such as 30s, 10m or 8h") from None
+        if not duration > 0 or duration != duration or duration == float("inf"):
+            raise UsageError(f"--for {for_!r}: expected a finite duration above 0", "give a duration such as 30s, 10m or 8h")
+    loaded = _load(plan)
+    backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
+    return WatchLoop(loaded, backend, store, f"rollout watch ({actor()})").run(duration)
+
+
 # -- one place for errors and exit codes ---------------------------------------
 
 
