@@ -183,14 +183,6 @@ class Kube:
     def current_deadline(self) -> Deadline | None:
         return getattr(self._local, "deadline", None)
 
-    def wait(self, seconds: float, doing: str) -> None:
-        """Sleep for a poll, but never past the step's deadline (then stop with StepTimeout)."""
-        dl = self.current_deadline()
-        if dl is not None and dl.remaining() <= seconds:
-            self.retry.sleep(max(dl.remaining(), 0.0))
-            raise dl.expired(doing)
-        self.retry.sleep(seconds)
-
     def _timeout(self, left: float | None) -> tuple[float, float]:
         connect, read = min(CONNECT_TIMEOUT, self.request_timeout), self.request_timeout
         if left is not None:
