@@ -19,8 +19,11 @@ Fencing (a command that lost its lock stops before its next write):
   * locally, before every write to the cluster (`Kube.before_write`) and every
     save: the lock counts as held only while its last successful renewal was
     sent less than FENCE_FRACTION × leaseDurationSeconds ago and nobody took it
-    over — so renewals failing (5xx, 409, timeouts) stop the command at 80 % of
-    the lease, before another command may take over an expired lease;
+    over. Past that, one renewal is tried there and then (a compare-and-swap on
+    the Lease: it lands only if nobody took the lock); if it fails too, the
+    command stops — so renewals failing (5xx, 409, timeouts) stop it at 80 % of
+    the lease, before another command may take over an expired lease, while a
+    process that was merely too busy to renew in time goes on;
   * on the cluster, before every state save: the Lease is read again and must
     still name this command, and the state ConfigMap is written (with
     compare-and-swap on its resourceVersion) annotated with the holder and the
@@ -209,16 +212,32 @@ class LeaseLock:
                         "(it resumes from the recorded state), or `rollout revert` to put all traffic on stable")
 
     def check(self) -> None:
-        """Raise LockLost unless the lock is still ours and fresh (no API call: cheap enough before every write)."""
+        """Raise LockLost unless the lock is still ours and fresh. No API call while the background
+        renewals keep it fresh (cheap enough before every write); when they did not land in time
+        (failing, or this process too busy to send them), one renewal now decides: it is a
+        compare-and-swap on the Lease, so it succeeds only if nobody took the lock meanwhile."""
         if self.lost and self.lost.startswith("taken over"):
             raise self._lost_error(self.lost)
         if self._held_at is None:
             raise self._lost_error("it was never acquired")
         age = time.monotonic() - self._held_at
-        if age > FENCE_FRACTION * self.duration:
-            why = f"; {self.lost}" if self.lost else ""
-            raise self._lost_error(f"its last renewal was {age:.1f}s ago, past {FENCE_FRACTION:.0%} of the "
-                                   f"{self.duration}s lease, so another command may take it over{why}")
+        if age <= FENCE_FRACTION * self.duration:
+            return
+        why = self.lost
+        try:
+            with self.kube.deadline("renewing the lock", max(1.0, self.duration / 3.0)):
+                self.renew()
+        except Exception as exc:  # noqa: BLE001  (any failure to renew means: not ours for sure)
+            why = f"renewal failed: {getattr(exc, 'what', exc)}"
+        else:
+            if self.lost is None and self._held_at is not None and time.monotonic() - self._held_at <= FENCE_FRACTION * self.duration:
+                return  # renewed just now: nobody took it, it is ours again
+            why = self.lost or why
+        if self.lost and self.lost.startswith("taken over"):
+            raise self._lost_error(self.lost)
+        raise self._lost_error(f"its last renewal was {age:.1f}s ago, past {FENCE_FRACTION:.0%} of the "
+                               f"{self.duration}s lease, so another command may take it over"
+                               + (f"; {why}" if why else ""))
 
     def verify(self) -> None:
         """Read the Lease: it must still name this command (a takeover by `--force` or after an expiry)."""
