@@ -134,6 +134,7 @@ def main() -> int:
         "rps": RPS, "h": detector(0.01).h, "h_each": detector(0.01).threshold_each, "window_s": WINDOW,
         "false_alarms": [
             false_alarms(0.001, 0.01, args.months, rng),
+            false_alarms(0.008, 0.01, args.months, rng),
             false_alarms(0.01, 0.01, args.months, rng),
             false_alarms(0.05, 0.05, args.months, rng),
         ],

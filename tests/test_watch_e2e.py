@@ -117,7 +117,9 @@ def env(tmp_path: Path, alertmanager: str) -> Iterator[Any]:  # noqa: F811
         made.append(e)
         return e
 
-    with prometheus(prom_dir, targets_file=tmp_path / "state" / "watched" / "prometheus-targets.json") as prom:
+    make.tool_port = _free_port()  # type: ignore[attr-defined]  # a watch's own /metrics, scraped too
+    tool_job = {"job_name": "rollout", "static_configs": [{"targets": [f"127.0.0.1:{make.tool_port}"]}]}  # type: ignore[attr-defined]
+    with prometheus(prom_dir, targets_file=tmp_path / "state" / "watched" / "prometheus-targets.json", extra_scrape=[tool_job]) as prom:
         make.prom = prom  # type: ignore[attr-defined]
         make.am = alertmanager  # type: ignore[attr-defined]
         yield make
@@ -150,7 +152,7 @@ def test_a_degrading_promoted_version_is_reverted_and_its_alert_fires_then_resol
     e = env("revert")
     promote_v2(e)
     traffic = Traffic(e.entry())
-    watch = e.watch("--for", "90s")
+    watch = e.watch("--for", "90s", "--metrics-port", str(env.tool_port))
     try:
         # unchanged: the watch sees v2 and raises nothing
         assert wait_until(lambda: env.prom.query('sum(http_requests_total{version="v2"})'), 30)
@@ -171,6 +173,9 @@ def test_a_degrading_promoted_version_is_reverted_and_its_alert_fires_then_resol
         time.sleep(1.0)
         after = [v for t, v in traffic.versions if t > reverted_at + 0.5]
         assert after and set(after) == {"v1"}, set(after)
+        # the watch's own metrics, scraped by the same Prometheus
+        assert env.prom.wait_for('rollout_watch_reverts_total{plan="watched"} >= 1', timeout=20)
+        assert env.prom.query('rollout_watch_threshold{plan="watched",gate="errors"} > 0')
     finally:
         traffic.close()
         watch.send_signal(signal.SIGTERM)

@@ -58,6 +58,7 @@ class WatchLoop:
         self.notifier = Notifier(self.plan.notify, self.plan.name, self.plan.owner)
         self.last_sent: dict[str, float] = {}
         self.reverted = 0
+        self.exporter: Any = None  # rollout.exporter.Exporter with --metrics-port
 
     def live_version(self) -> tuple[str, Any]:
         state = self.store.load()
@@ -90,6 +91,8 @@ class WatchLoop:
             _say(f"cannot revert now: {exc.what}; trying again at the next check")
             return False
         self.reverted += 1
+        if self.exporter is not None:
+            self.exporter.watch_reverts.labels(self.plan.name).inc()
         _say(f"reverted to revision {prev.number} ({prev.version}): {outcome.message}")
         # the degraded version no longer serves: its alert resolves; the reverted version is judged from scratch
         self.notifier.emit("watch-resolved", f"{ev.details.get('version')} reverted by the watch to {prev.version}: no longer serving",
@@ -117,6 +120,9 @@ class WatchLoop:
             if now - self.last_sent.get(name, 0.0) >= self.watch.resend:  # Alertmanager ends alerts not re-sent
                 self.alert(self.breach(name, "still breaching: "), now)
         self.record.save(self.monitor.to_dict())
+        if self.exporter is not None:
+            self.exporter.watch(self.monitor)
+            self.exporter.notifier(self.notifier)
 
     def run(self, duration: float | None) -> int:
         start = self.clock()
