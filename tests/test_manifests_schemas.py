@@ -4,11 +4,11 @@ server serves every kind they hold, so the whole directory applies to it.
 * Built-in kinds are validated against the official Kubernetes OpenAPI schemas, offline, with the
   `kubernetes-validate` package in strict mode (an unknown field — a typo — is an error); the HTTPRoute
   against the Gateway API CRD's own openAPIV3Schema from the shared k8s-schemas folder.
-* Files with `${…}` placeholders are the in-cluster load templates (package data that manifests/ links
-  to): they are validated as rollout renders them, with sample values.
-* Against the fake: every object is created through HTTP by `kubectl apply --validate=false` (client dry
-  run first, then for real, then again: "unchanged"), listed back by `kubectl get`, and discovery lists
-  each kind. kubectl is a package .ci/run installs (conftest.require_tool: skipped locally without it,
+* The in-cluster load templates (package data, rollout/backends/kubernetes/templates) are validated too,
+  as rollout renders them (`load_runner.render`, sample values): they are objects rollout creates.
+* Against the fake: the whole directory is applied through HTTP by `kubectl apply --validate=false -f
+  manifests/` (client dry run first, then for real, then again: "unchanged"), every object is read back
+  by `kubectl get`, and discovery lists each kind. kubectl is a package .ci/run installs (conftest.require_tool: skipped locally without it,
   failed under CI).
 """
 
@@ -44,16 +44,21 @@ def schema_dir() -> Path:
 def manifest_docs() -> list[tuple[str, dict[str, Any]]]:
     out = []
     for path in sorted(MANIFESTS.glob("*.yaml")):
-        text = path.read_text(encoding="utf-8")
-        if "${" in text:
-            text = string.Template(text).substitute(SAMPLE)
-        for doc in yaml.safe_load_all(text):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
             if doc:
                 out.append((f"{path.name}:{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}", doc))
     return out
 
 
+def template_docs() -> list[tuple[str, dict[str, Any]]]:
+    from rollout.backends.kubernetes.load_runner import render
+
+    objs = render(SAMPLE["name"], SAMPLE["namespace"], SAMPLE["run"], SAMPLE["image"], 2, "from locust import HttpUser\n")
+    return [(f"template:{o['kind']}/{o['metadata']['name']}", o) for o in objs]
+
+
 DOCS = manifest_docs()
+RENDERED = template_docs()
 
 
 def crd_schema(group: str, kind: str, version: str) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def test_the_manifests_hold_the_kinds_a_rollout_needs() -> None:
     assert {"Deployment", "Service", "HTTPRoute", "Ingress", "Job", "ServiceAccount", "Role", "RoleBinding", "ConfigMap"} <= kinds
 
 
-@pytest.mark.parametrize(("where", "doc"), DOCS, ids=[w for w, _ in DOCS])
+@pytest.mark.parametrize(("where", "doc"), DOCS + RENDERED, ids=[w for w, _ in DOCS + RENDERED])
 def test_every_manifest_validates_against_the_official_schemas(where: str, doc: dict[str, Any]) -> None:
     group, _, version = doc["apiVersion"].rpartition("/")
     if group.endswith(".x-k8s.io") or group == "gateway.networking.k8s.io":
@@ -154,14 +159,12 @@ def test_the_fake_refuses_what_a_real_server_refuses_for_the_new_kinds(fake: Fak
 def test_kubectl_applies_the_manifests_directory_to_the_fake(fake: FakeApiServer, tmp_path: Path) -> None:
     binary = require_tool("kubectl", "kubectl")
     kubeconfig = fake.write_kubeconfig()
-    # the load templates (`${…}`) are rendered by rollout, not applied: apply the directory's real objects
-    files = [p for p in sorted(MANIFESTS.glob("*.yaml")) if "${" not in p.read_text(encoding="utf-8")]
-    args = [a for p in files for a in ("-f", str(p))]
+    args = ["-f", str(MANIFESTS)]  # the whole directory, as the README says
 
     def kubectl(*cmd: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([binary, "--kubeconfig", kubeconfig, *cmd], capture_output=True, text=True, timeout=120)
 
-    expected = [(doc["kind"], doc["metadata"]["name"]) for p in files for doc in yaml.safe_load_all(p.read_text()) if doc]
+    expected = [(doc["kind"], doc["metadata"]["name"], doc["metadata"].get("namespace", "default")) for _, doc in DOCS]
     dry = kubectl("apply", "--dry-run=client", "--validate=false", *args)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("created (dry run)") == len(expected)
@@ -170,6 +173,6 @@ def test_kubectl_applies_the_manifests_directory_to_the_fake(fake: FakeApiServer
     assert done.stdout.count(" created") == len(expected), done.stdout
     again = kubectl("apply", "--validate=false", *args)
     assert again.returncode == 0 and again.stdout.count(" unchanged") == len(expected), again.stdout + again.stderr
-    for kind, name in expected:
-        got = kubectl("get", kind, name, "-n", "shop", "-o", "name")
+    for kind, name, ns in expected:
+        got = kubectl("get", kind, name, "-n", ns, "-o", "name")
         assert got.returncode == 0 and got.stdout.strip().endswith(f"/{name}"), (kind, name, got.stderr)
