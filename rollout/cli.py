@@ -67,6 +67,11 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Loc
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
+StepTimeoutOpt = Annotated[Optional[str], typer.Option("--step-timeout", help="kubernetes: the deadline of each step (deploy, shift, promote, "
+                                                       "roll back), e.g. 10m; past it the command stops, exit 3 (default: target.step_timeout, "
+                                                       "else 2 × progress_deadline + 60s)", metavar="DURATION")]
+RequestTimeoutOpt = Annotated[Optional[str], typer.Option("--request-timeout", help="kubernetes: client-side timeout of each API request "
+                                                          "(default: target.request_timeout, 30s)", metavar="DURATION")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
 DEFAULT_REQUEST_TIMEOUT = 10.0
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.5, help="when another command drives the rollout: how long to wait for it to "
@@ -85,9 +90,23 @@ def _images(image: list[str] | None, version: str | None) -> tuple[str, dict[str
     return parse(image, version)
 
 
-def _conn(kubeconfig: str | None, context: str | None, namespace: str | None) -> dict[str, str | None]:
-    """Connection overrides for the kubernetes backend (the local backend ignores them)."""
-    return {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
+def _conn(kubeconfig: str | None, context: str | None, namespace: str | None,
+          step_timeout: str | None = None, request_timeout: str | None = None) -> dict[str, Any]:
+    """Connection overrides and time bounds for the kubernetes backend (the local backend ignores them)."""
+    conn: dict[str, Any] = {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
+    for flag, value in (("--step-timeout", step_timeout), ("--request-timeout", request_timeout)):
+        if value is not None:
+            from rollout.errors import UsageError
+            from rollout.plan.units import parse_duration
+
+            try:
+                secs = parse_duration(value)
+            except ValueError:
+                secs = float("nan")
+            if not 0 < secs <= 86400:  # NaN fails too
+                raise UsageError(f"{flag} {value!r} is not a duration between 0 and 24h", f"give e.g. {flag} 90s or {flag} 10m")
+            conn[flag[2:].replace("-", "_")] = secs
+    return conn
 
 
 def _load(plan: str) -> Any:
@@ -306,7 +325,8 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
         workers: WorkersOpt = None, metrics_port: MetricsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
@@ -314,7 +334,7 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
     from rollout.report.outputs import ReportPaths
 
-    conn = _conn(kubeconfig, context, namespace)
+    conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
     while wait and code == EXIT_PAUSED:
@@ -362,13 +382,14 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
 
 @app.command()
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+            context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
             workers: WorkersOpt = None, metrics_port: MetricsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
-    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
+    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
 
 
@@ -512,61 +533,68 @@ def _as_ok(outcome: Any) -> Any:
 
 @app.command()
 def approve(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
         timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason, timeout)
 
 
 @app.command()
 def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
         timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Say no to a stage awaiting review (or approval): roll back now (exit 1)."""
-    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
+    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason, timeout)
 
 
 @app.command()
 def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
         timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Stop the rollout in progress, also while another command drives it: all traffic to stable, canary stopped."""
-    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
+    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason, timeout)
 
 
 @app.command()
 def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
         to_revision: Annotated[Optional[int], typer.Option("--to-revision", min=1, help="back to this older revision (`rollout status` lists them), without running stages")] = None,
         timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Whatever the state, also while another command drives it: all traffic back to the last known-good version
     (or --to-revision N), canary stopped."""
     if to_revision is not None:  # not a request a driver takes: it needs the lock
-        return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace), force)
-    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason), _conn(kubeconfig, context, namespace), force, reason, timeout)
+        return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason, timeout)
 
 
 @app.command()
 def pause(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-          context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+          context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
           timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Pause the rollout where it stands: the running stage stops its load, the split stays (`rollout resume` re-runs the stage)."""
-    return _simple(plan, state_dir, "pause", lambda e: _as_ok(e.pause(reason)), _conn(kubeconfig, context, namespace), force, reason, timeout)
+    return _simple(plan, state_dir, "pause", lambda e: _as_ok(e.pause(reason)), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason, timeout)
 
 
 @app.command()
 def promote(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+            context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
             full: Annotated[bool, typer.Option("--full", help="skip every remaining stage and promote the canary now")] = False,
             timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """End the current stage as passed (recorded as a person's decision, not its gates) and go on; --full: promote now."""
-    return _simple(plan, state_dir, "promote", lambda e: e.promote(reason, full), _conn(kubeconfig, context, namespace), force, reason,
+    return _simple(plan, state_dir, "promote", lambda e: e.promote(reason, full), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason,
                    timeout, {"full": full})
 
 
 @app.command()
 def resume(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-           context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
+           context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
            timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Resume a rollout paused by `rollout pause`: re-run the paused stage from its start and carry on, like `rollout run`."""
 
@@ -574,13 +602,14 @@ def resume(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None,
         engine.check_resumable()
         return {"version": None, "from_cli": False, "resume_reason": reason}
 
-    return _drive(plan, None, state_dir, "resume", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
+    return _drive(plan, None, state_dir, "resume", one_stage=False, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
                   workers=workers, prepare=prepare, request=(reason, {}, timeout))
 
 
 @app.command()
 def retry(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-          context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
+          context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
           from_start: Annotated[bool, typer.Option("--from-start", help="from the first stage instead of the one where it stopped")] = False,
           timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """After a rollback or abort of version X: roll X out again from the stage where it stopped (or --from-start), like `rollout run`."""
@@ -590,15 +619,16 @@ def retry(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, 
         engine.record_retry(version, first, reason)
         return {"version": version, "from_cli": True, "first_stage": first}
 
-    return _drive(plan, None, state_dir, "retry", one_stage=False, conn=_conn(kubeconfig, context, namespace), force=force,
+    return _drive(plan, None, state_dir, "retry", one_stage=False, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
                   workers=workers, prepare=prepare, request=(reason, {"from_start": from_start}, timeout))
 
 
 @app.command()
 def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
-    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()

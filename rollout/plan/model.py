@@ -184,8 +184,15 @@ class KubernetesTarget(Strict):
     progress_deadline: Duration = Field(300.0, description="how long a Deployment may take to become ready")
     entry_url: str | None = Field(None, description="where users' traffic enters (default: load.host)")
     canary_url: str | None = Field(None, description="the canary alone, for `load_to: canary` stages")
-    lease_duration: Duration = Field(15.0, ge=1.0, description="the lock Lease's duration: a killed command's lock expires this long after "
-                                     "its last renewal (then `revert`/`abort` act without --force)")
+    # time bounds against a slow or failing cluster (rollout.backends.kubernetes.client)
+    step_timeout: Duration | None = Field(None, gt=0, le=86400, description="the deadline of each step (deploy, shift, promote, "
+                                          "roll back), its waits included; past it the command stops, exit 3 "
+                                          "(default: 2 × progress_deadline + 60s; --step-timeout)")
+    request_timeout: Duration = Field(30.0, gt=0, le=3600, description="client-side timeout of each API request (--request-timeout)")
+    retry_budget: Duration = Field(30.0, ge=0, le=3600, description="how long one API call may retry 429/5xx/timeouts, "
+                                   "Retry-After honoured within it")
+    lease_duration: Duration = Field(15.0, ge=1, le=3600, description="the lock's Lease: a command whose renewals fail for "
+                                     "80% of it stops before its next change; a dead command's lock expires after it")
 
     @model_validator(mode="after")
     def _router_fields(self) -> KubernetesTarget:
