@@ -37,6 +37,7 @@ from rollout.load.stats import StageStats
 from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import Stage
+from rollout.testing.killpoints import kill_point  # test-only crash points; inert unless a test sets them
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
 
@@ -188,6 +189,7 @@ class Engine:
         st.started_at = self.clock()
         self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
         self.save()
+        kill_point("start-saved")
         self.backend.deploy_canary(st, version)
         self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
         self.save()
@@ -203,7 +205,9 @@ class Engine:
         st = self.state
         st.transition = Transition("shift", split, self.clock(), os.getpid(), self.who)
         self.save()
+        kill_point("shift-saved")
         self.backend.apply_split(st, split)
+        kill_point("shift-applied")
         st.split = split
         st.transition = None
         self._audit("shift", f"traffic: {split.describe()} ({why})")
@@ -249,6 +253,7 @@ class Engine:
         where = "the canary alone" if stage.load_to == "canary" else "the entry point"
         self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
         self.save()
+        kill_point("stage-started")
 
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
@@ -326,6 +331,7 @@ class Engine:
         self.out.stage_done(rec)
         self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)
         self.save()
+        kill_point("stage-passed")
         return "passed"
 
     def _load_spec(self, i: int) -> Any:
@@ -361,6 +367,7 @@ class Engine:
         st.transition = Transition(action, ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit(action, reason)
         self.save()
+        kill_point(f"{action}-saved")
         self._complete_rollback()
 
     def _complete_rollback(self) -> None:
@@ -370,7 +377,9 @@ class Engine:
         self.backend.apply_split(st, ALL_STABLE)
         st.split = ALL_STABLE
         self.save()
+        kill_point("rollback-routed")
         self.backend.stop_canary(st)
+        kill_point("rollback-stopped")
         st.transition = None
         done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
         self._audit("stable", done)
@@ -384,11 +393,13 @@ class Engine:
         st.transition = Transition("promote", ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit("promote", f"promoting {st.canary_version}: all stages passed")
         self.save()
+        kill_point("promote-saved")
         self._complete_promote()
 
     def _complete_promote(self) -> None:
         st = self.state
         self.backend.promote(st)
+        kill_point("promote-done")
         if st.canary_version and st.stable_version != st.canary_version:
             previous = st.stable_version
             st.stable_version = st.canary_version
