@@ -409,8 +409,35 @@ def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None,
 @app.command()
 def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
-    """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
+    """Stop every process the local backend started for this plan (rolls back a rollout in progress).
+    With --force and an unreadable state: stop the plan's processes found by their marker, move the state aside."""
+    if force and _down_without_state(plan, state_dir):
+        return EXIT_OK
     return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace), force)
+
+
+def _down_without_state(plan: str, state_dir: str | None) -> bool:
+    """`down --force` when the local state cannot be read: every process carrying this plan's marker
+    (a /proc scan, see backends/local/processes.py) is stopped and the state file moved aside. False
+    when the state is readable (or the backend is not local): the normal `down` applies."""
+    from rollout.backends import factory
+    from rollout.errors import StateError
+
+    loaded = _load(plan)
+    if loaded.plan.target.backend != "local":
+        return False
+    backend, store = factory.make(loaded, state_dir)
+    try:
+        store.load()
+        return False
+    except StateError as exc:
+        print(f"• the state is unusable ({exc.what}); stopping the plan's processes by their marker", file=sys.stderr)
+    with store.lock("down", force=True):
+        stopped = backend.down_by_marker()
+        aside = store.move_aside()
+    print(f"• down: stopped {len(stopped)} process(es) of `{loaded.plan.name}` found by their marker"
+          + (f" ({', '.join(map(str, stopped))})" if stopped else "") + (f"; the unusable state was moved to {aside}" if aside else ""))
+    return True
 
 
 # -- one place for errors and exit codes ---------------------------------------

@@ -64,6 +64,25 @@ def start_ticks(pid: int) -> int:
     return st[1] if st else 0
 
 
+@dataclass(frozen=True)
+class RouterRecord:
+    """state.backend["router"]: admin_port is null between the router's spawn and its ready file."""
+
+    proc: ProcRecord
+    port: int
+    admin_port: int | None
+
+
+@dataclass(frozen=True)
+class LocalBackendRecord:
+    """The shape of `state.backend` for the local backend (checked when the state is loaded)."""
+
+    stable: ProcRecord | None = None
+    canary: ProcRecord | None = None
+    retired: ProcRecord | None = None  # the old stable during a promotion, until it is stopped
+    router: RouterRecord | None = None
+
+
 def marker_of(pid: int) -> str | None:
     """The ROLLOUT_MARKER in a process's environment (None: none, or not readable by us)."""
     try:
