@@ -19,6 +19,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -194,6 +196,21 @@ def test_a_kill_during_promotion_then_revert_leaves_one_stable_process(env: Env,
     assert wait_marked(root, 0) == {}
 
 
+def test_children_of_a_recorded_process_are_not_taken_for_strays(env: Env) -> None:
+    """`ensure` stops marked processes the state does not name, but not the children a recorded one started."""
+    wrapped = service("v1")["command"]
+    ro = env.rollout(ONE_STAGE, gates={}, versions={"v1": {"command": f"sh -c '{wrapped} & wait'"}, "v2": service("v2")})
+    root = Path(ro.env["ROLLOUT_STATE_DIR"])
+    assert ro("revert").returncode == 0
+    assert len(wait_marked(root, 3)) == 3  # router, sh, and the service it started
+    r = ro("revert")  # ensure runs again, with the service's child marked but not recorded
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(marked(root)) == 3
+    assert versions_through_router(entry_port(ro), 20) == {"v1": 20}
+    assert ro("down").returncode == 0
+    assert wait_marked(root, 0) == {}
+
+
 def test_startup_timeout_is_one_deadline_and_the_process_is_stopped(env: Env) -> None:
     ignores_port = {"command": "{python} -c \"import time; time.sleep(300)\"", "startup_timeout": "3s"}
     ro = env.rollout(ONE_STAGE, gates={}, versions={"v1": service("v1"), "v2": ignores_port})
@@ -354,6 +371,7 @@ def _trace(ro: Rollout, version: str, tmp: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_sigkill_sweep(env: Env, tmp_path: Path) -> None:
     """The driver SIGKILLed at every named point of a promotion and of a rollback, and at spread
     instants inside stages; after each: status tells a half-done rollout (naming the dead driver
@@ -362,24 +380,27 @@ def test_sigkill_sweep(env: Env, tmp_path: Path) -> None:
     promote_points = _trace(probe, "v2", tmp_path)
     rollback_points = _trace(probe, "v3", tmp_path)
     assert "promote-swapped#1" in promote_points and "rollback-routed#1" in rollback_points, (promote_points, rollback_points)
+    # points before `start-saved` come before the rollout is recorded (the router and stable being brought up)
+    before_start = set(promote_points[: promote_points.index("start-saved#1")])
     cases: list[tuple[str, str, float | None]] = [("v2", p, None) for p in promote_points]
     cases += [("v3", p, None) for p in rollback_points if p.startswith(("rollback", "shift", "stage-started"))]
     rng = random.Random(12)
     cases += [("v2", "stage-started#1", rng.uniform(0.2, 1.8)), ("v2", "stage-started#2", rng.uniform(0.2, 1.8)),
-              ("v3", "stage-started#1", rng.uniform(0.1, 0.5))]
+              ("v3", "stage-started#1", rng.uniform(0.1, 0.4))]
     assert len(cases) >= 25, cases
 
-    counts = {"kills": 0, "status_half_done": 0, "status_names_pid": 0, "revert_all_stable": 0, "down_clean": 0}
-    for i, (version, point, delay) in enumerate(cases):
+    t_start = time.monotonic()
+
+    def one(i: int, version: str, point: str, delay: float | None) -> Counter[str]:
+        got: Counter[str] = Counter()
         ro = Rollout(probe.plan, tmp_path / f"sweep-{i}")
-        env.roots.append(tmp_path / f"sweep-{i}")
         root = tmp_path / f"sweep-{i}"
+        env.roots.append(root)
         if delay is None:
             p = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(ro.plan), "--version", version], cwd=ROOT,
                                  env={**os.environ, **ro.env, "ROLLOUT_TEST_KILL_AT": point},
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             assert p.wait(180) == -signal.SIGKILL, (point, p.returncode)
-            pid = p.pid
         else:  # a timed kill inside the stage: wait for the stage to start (traced), then a spread delay
             trace = root.parent / f"sweep-{i}.trace"
             p = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(ro.plan), "--version", version], cwd=ROOT,
@@ -392,22 +413,34 @@ def test_sigkill_sweep(env: Env, tmp_path: Path) -> None:
             assert p.poll() is None, f"{point}+{delay:.2f}s: the run ended before the kill"
             p.send_signal(signal.SIGKILL)
             p.wait(30)
-            pid = p.pid
-        counts["kills"] += 1
+        got["kills"] += 1
         st = ro("status", "-o", "json")
         assert st.returncode == 0, (point, st.stderr)
         state = json.loads(st.stdout)["state"]
-        half_done = state["transition"] is not None or state["phase"] in ("progressing", "paused", "awaiting-review")
-        assert half_done, (point, state["phase"], state["reason"])
-        counts["status_half_done"] += 1
-        if f'"pid": {pid}' in st.stdout:
-            counts["status_names_pid"] += 1
+        if point in before_start and delay is None:  # nothing of the rollout recorded yet: no state, or idle
+            assert state is None or (state["phase"] == "idle" and state["transition"] is None), (point, state)
+            got["status_before_start"] += 1
+        else:
+            half_done = state["transition"] is not None or state["phase"] in ("progressing", "paused", "awaiting-review")
+            assert half_done, (point, state["phase"], state["reason"])
+            got["status_half_done"] += 1
+        if f'"pid": {p.pid}' in st.stdout:  # the dead driver's pid, where the state records it (a transition, a stage)
+            got["status_names_pid"] += 1
         r = ro("revert")
         assert r.returncode == 0, (point, r.stdout, r.stderr)
         assert versions_through_router(entry_port(ro), 30) == {"v1": 30}, point
-        counts["revert_all_stable"] += 1
+        got["revert_all_stable"] += 1
         assert ro("down").returncode == 0, point
         assert wait_marked(root, 0) == {}, point
-        counts["down_clean"] += 1
-    print(f"\nSIGKILL sweep: {len(cases)} instants; {counts}")
+        got["down_clean"] += 1
+        print(f"sweep {i + 1}/{len(cases)} done at {time.monotonic() - t_start:.0f}s: {version} {point}"
+              + (f" +{delay:.2f}s" if delay else ""), flush=True)
+        return got
+
+    counts: Counter[str] = Counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:  # cases are independent (one state dir each)
+        for got in pool.map(lambda c: one(*c), [(i, *c) for i, c in enumerate(cases)]):
+            counts += got
+    print(f"\nSIGKILL sweep: {len(cases)} instants in {time.monotonic() - t_start:.0f}s; {dict(counts)}\npromotion points: {' '.join(promote_points)}"
+          f"\nrollback points: {' '.join(rollback_points)}")
     assert counts["down_clean"] == counts["revert_all_stable"] == counts["kills"] == len(cases)

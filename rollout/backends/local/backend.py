@@ -66,15 +66,12 @@ class LocalBackend:
         self.checkpoint()
 
     def _known_pids(self, state: State) -> set[int]:
-        pids = set()
-        for role in ("stable", "canary", "retired"):
-            rec = self._rec(state, role)
-            if rec is not None:
-                pids.add(rec.pid)
+        """The recorded processes that really run (pid, start time and marker checked)."""
+        recs = [self._rec(state, role) for role in ("stable", "canary", "retired")]
         router = state.backend.get("router")
         if router and router.get("proc"):
-            pids.add(int(router["proc"]["pid"]))
-        return pids
+            recs.append(ProcRecord.from_dict(router["proc"]))
+        return {rec.pid for rec in recs if rec is not None and procs.is_alive(rec)}
 
     def _stop_strays(self, state: State) -> None:
         """Stop this plan's marked processes the state does not name (a command killed between a

@@ -48,6 +48,15 @@ class ProcRecord:
         return ProcRecord(**d) if d else None
 
 
+def _session(pid: int) -> int:
+    """The session id of a pid (0 if gone): our processes lead their own session, their children share it."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(raw[raw.rindex(")") + 2 :].split()[3])
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start ticks) of a pid, or None if there is no such process."""
     try:
@@ -131,10 +140,11 @@ def find_marked(prefix: str) -> list[tuple[int, int, str]]:
 
 
 def stop_marked(prefix: str, keep: set[int] | frozenset[int] = frozenset(), timeout: float = 5.0) -> list[int]:
-    """Stop every process marked with `prefix` except the pids in `keep`; the pids stopped."""
+    """Stop every process marked with `prefix` except those of the sessions led by the pids in `keep`
+    (a recorded process and the children it started); the pids stopped."""
     stopped = []
     for pid, ticks, marker in find_marked(prefix):
-        if pid in keep:
+        if pid in keep or _session(pid) in keep:
             continue
         stop(ProcRecord(pid=pid, start_ticks=ticks, port=0, version="?", command="?", log="", marker=marker), timeout)
         stopped.append(pid)

@@ -61,9 +61,12 @@ class LocalStore:
 
     def _mkdir(self) -> None:
         """The state directory, owner-only (it holds the router's admin token and the processes' records)."""
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.dir.stat().st_mode & 0o077:
-            os.chmod(self.dir, 0o700)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.dir.stat().st_mode & 0o077:
+                os.chmod(self.dir, 0o700)
+        except OSError as exc:
+            raise StateError(f"cannot use the state directory {self.dir}: {exc}", "check the path (--state-dir) and its permissions") from None
 
     def move_aside(self) -> Path | None:
         """Rename an unusable state file out of the way (kept for a post-mortem); its new path."""
@@ -74,10 +77,7 @@ class LocalStore:
         return aside
 
     def save(self, state: State) -> None:
-        try:
-            self._mkdir()
-        except OSError as exc:
-            raise StateError(f"cannot create the state directory {self.dir}: {exc}", "check the path and its permissions") from None
+        self._mkdir()
         tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
         data = json.dumps(to_dict(state), indent=1, sort_keys=True)
         try:
