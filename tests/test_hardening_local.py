@@ -165,7 +165,7 @@ def test_revert_and_down_never_signal_a_process_the_state_wrongly_names(env: Env
         victim.wait()
 
 
-@pytest.mark.parametrize("point", ["canary-spawned", "canary-recorded", "router-spawned", "stable-spawned"])
+@pytest.mark.parametrize("point", ["canary-spawned", "router-spawned"])  # every other point: test_sigkill_sweep
 def test_a_kill_while_a_process_starts_leaves_nothing_after_revert_and_down(env: Env, point: str) -> None:
     ro = env.rollout(ONE_STAGE, gates={})
     root = Path(ro.env["ROLLOUT_STATE_DIR"])
@@ -181,7 +181,7 @@ def test_a_kill_while_a_process_starts_leaves_nothing_after_revert_and_down(env:
     assert wait_marked(root, 0) == {}
 
 
-@pytest.mark.parametrize("point", ["promote-saved", "promote-swapped", "promote-routed", "promote-done"])
+@pytest.mark.parametrize("point", ["promote-swapped"])  # "20 ms into a promotion"; the others: test_sigkill_sweep
 def test_a_kill_during_promotion_then_revert_leaves_one_stable_process(env: Env, point: str) -> None:
     ro = env.rollout(ONE_STAGE, gates={})
     root = Path(ro.env["ROLLOUT_STATE_DIR"])
@@ -429,6 +429,8 @@ def test_sigkill_sweep(env: Env, tmp_path: Path) -> None:
         r = ro("revert")
         assert r.returncode == 0, (point, r.stdout, r.stderr)
         assert versions_through_router(entry_port(ro), 30) == {"v1": 30}, point
+        left = wait_marked(root, 2)  # the router and one stable process: no canary, no second stable
+        assert sorted(m.rsplit("/", 1)[1].rsplit("-", 1)[-1] for m in left.values()) == ["router", "v1"], (point, left)
         got["revert_all_stable"] += 1
         assert ro("down").returncode == 0, point
         assert wait_marked(root, 0) == {}, point
