@@ -465,6 +465,14 @@ class _BadHead(Exception):
     """A request head that cannot be a request: a line ending in a bare LF, or only empty lines."""
 
 
+def _head_buffered(reader: asyncio.StreamReader) -> bool:
+    """Is a whole request head already buffered? Then one readuntil reads it (nearly always the case);
+    `_proxy` still refuses a bare CR or LF inside it. `_buffer` is StreamReader's (private, stable since
+    3.4) bytearray; without it every head takes the line-by-line path of `_read_head`."""
+    buffered = getattr(reader, "_buffer", None)
+    return buffered is not None and buffered.find(b"\r\n\r\n", 0, HEAD_LIMIT) >= 0
+
+
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
     """Read a request head line by line, up to and including the empty line.
 
@@ -694,7 +702,10 @@ class Router:
             while not self._closing:
                 conn.idle_since = time_()
                 try:
-                    head = await _read_head(reader)
+                    if _head_buffered(reader):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    else:  # not all there yet (or bare LF): line by line, so a bare LF is answered at once
+                        head = await _read_head(reader)
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():
                         self.err_bad_request += 1
