@@ -215,6 +215,7 @@ class LocalBackend:
         rec = procs.record(proc, port, "router", " ".join(argv), log, marker)
         state.backend["router"] = {"proc": rec.as_dict(), "port": port, "admin_port": None}
         self.checkpoint()  # recorded before it is waited on
+        kill_point("router-recorded")
         deadline = time.monotonic() + ROUTER_READY_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
