@@ -80,6 +80,7 @@ class RouterRecord:
     proc: ProcRecord
     port: int
     admin_port: int | None
+    canary_port: int | None = None  # the router's canary-only listener, when it has one (fail-closed work)
 
 
 @dataclass(frozen=True)
