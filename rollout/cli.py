@@ -92,7 +92,9 @@ def _load(plan: str) -> Any:
 
 
 def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False, conn: dict[str, str | None] | None = None,
-            images: tuple[str, dict[str, str]] | None = None) -> Any:
+            request: Any = None) -> Any:
+    """(loaded plan, store, engine factory). With `request` (a rollout.inputs.DriveRequest: run/advance), every
+    input is checked against the plan and the recorded state first, before any lock or write."""
     if with_load:
         import rollout.load.runner as runner  # first: locust must patch before ssl is imported
 
@@ -106,15 +108,18 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     from rollout.engine.state import actor
     from rollout.report.console import ConsoleReporter
 
-    if images and loaded.plan.target.backend != "kubernetes":
-        from rollout.errors import UsageError
-
-        raise UsageError(f"--image sets container images, which the {loaded.plan.target.backend} backend has not",
-                         "use --version with a version of the plan's target.versions")
     backend, store = factory.make(loaded, state_dir, **(conn or {}))
-    if images:
-        backend.set_images(*images)
-    return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+    if request is not None:
+        request.check(loaded, store.load())
+        if request.images:
+            backend.set_images(*request.images)
+
+    def make_engine() -> Any:
+        engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+        engine.state.plan_info = factory.plan_info(loaded)  # saved with the engine's first write (for `rollout list`)
+        return engine
+
+    return loaded, store, make_engine
 
 
 def _finish(outcome: Any) -> int:
@@ -156,11 +161,11 @@ def schema() -> int:
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None) -> int:
-    images = _images(image, version)
-    if images:
-        version = images[0]
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn, images=images)
+           workers: int | None = None, quiet: bool = False) -> int:
+    from rollout.inputs import DriveRequest
+
+    request = DriveRequest(verb, version, image)
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn, request=request)
     if loaded.plan.load.runner == "kubernetes":
         from rollout.errors import UsageError
 
@@ -183,7 +188,7 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
         started = time.time()
         try:
-            outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+            outcome = engine.drive(request.version, from_cli=request.from_cli, one_stage=one_stage)
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
@@ -308,8 +313,12 @@ def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, o
     from rollout.backends.kubernetes import dryrun
     from rollout.errors import UsageError
 
-    images = _images(image, version)
     loaded = _load(plan)
+    if version is not None:
+        from rollout.inputs import check_version_text, valid_versions
+
+        check_version_text(version, valid_versions(loaded, None))
+    images = _images(image, version)
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends import factory
 

@@ -62,6 +62,12 @@ class Outcome:
     exit_code: int = EXIT_OK
 
 
+def canary_started(state: State) -> bool:
+    """Whether the rollout in progress ever had its canary up: deployed, or a stage recorded."""
+    since = state.started_at or 0.0
+    return bool(state.stages) or any(h.action == "deployed" and h.at >= since for h in state.history)
+
+
 class Engine:
     def __init__(
         self,
@@ -375,8 +381,10 @@ class Engine:
         done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
         self._audit("stable", done)
         self.notifier.emit(ALERT_FOR_ROLLBACK.get(cause, "rolled-back"), f"{done} — {st.reason}", self._alert_details(reason=st.reason))
-        if st.canary_version:  # a rollout ended here (not a revert of an already finished one)
+        if st.canary_version and canary_started(st):  # a rollout ended here (not a revert of an already finished one)
             self._archive(st.phase.value)
+        else:  # a canary that never came up is no rollout to keep in history (the audit trail keeps what happened)
+            st.canary_version = None
         self.save()
 
     def _promote(self) -> None:
