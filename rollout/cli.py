@@ -337,13 +337,42 @@ def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, o
     return EXIT_OK
 
 
+def _duration_opt(flag: str, text: str) -> float:
+    from rollout.errors import UsageError
+    from rollout.plan.units import parse_duration
+
+    try:
+        return parse_duration(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a duration", "expected a duration such as 30s, 5m or 1h") from None
+
+
 @app.command()
 def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-           context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
-    """Phase, traffic split, verdicts and history; what is live right now. Takes no lock."""
+           context: ContextOpt = None, namespace: NamespaceOpt = None,
+           watch: Annotated[bool, typer.Option("--watch", "-w", help="redraw every second until the rollout ends or waits for a person; "
+                                               "exit 0 promoted/idle, 1 rolled back/aborted, 4 waiting for a person, 5 --timeout")] = False,
+           timeout: Annotated[Optional[str], typer.Option("--timeout", help="with --watch: stop watching after this long (exit 5), e.g. 10m",
+                                                          metavar="DURATION")] = None) -> int:
+    """Phase, traffic split, verdicts and history; what is live right now (--watch: live, until it ends). Takes no lock."""
     loaded = _load(plan)
     from rollout.backends import factory
     from rollout.report.tables import status_dict, status_text
+
+    if watch or timeout is not None:
+        from rollout.errors import UsageError
+
+        if not watch:
+            raise UsageError("--timeout needs --watch", "add --watch")
+        if output is Output.json:
+            raise UsageError("--watch draws for people and cannot write JSON", "use `rollout status -o json` without --watch")
+        limit = _duration_opt("--timeout", timeout) if timeout is not None else None
+        from rollout.backends.liveness import lock_holder
+        from rollout.report.watch import Watcher
+
+        store = factory.make_store(loaded, state_dir, **_conn(kubeconfig, context, namespace))
+        return Watcher(loaded.plan, store.load, lambda: lock_holder(store), store.location(), sys.stdout,
+                       tty=sys.stdout.isatty(), timeout=limit).run()
 
     backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
     state = store.load()
