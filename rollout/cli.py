@@ -384,6 +384,57 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     return EXIT_OK
 
 
+@app.command(name="list")
+def list_rollouts(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="plan files, state files or directories to search (default: . and $ROLLOUT_STATE_DIR)",
+                                                         metavar="[PATHS]...")] = None,
+    output: OutputOpt = Output.text, state_dir: StateDirOpt = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", "-k", help="list the rollout state ConfigMaps of a cluster's namespace instead "
+                                             "(implied by -A, --namespace, --context, --kubeconfig)")] = False,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="kubernetes: every namespace")] = False,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+) -> int:
+    """Every rollout: name, owner, phase, stage, stable → canary, since (local: plans and state found on disk; -k: a cluster's)."""
+    import os
+
+    from rollout.report.listing import render, row
+
+    rows: list[dict[str, Any]] = []
+    if kubernetes or all_namespaces or namespace or context or kubeconfig:
+        if paths:
+            from rollout.errors import UsageError
+
+            raise UsageError("PATHS are for local rollouts; the cluster's are found by their labels", "leave out the paths, or -k and its flags")
+        from rollout.backends.kubernetes.client import connect
+        from rollout.backends.kubernetes.listing import list_states
+
+        kube = connect(kubeconfig, context, namespace)
+        for f in sorted(list_states(kube, all_namespaces), key=lambda f: (f.namespace, f.plan)):
+            rows.append(row(f.plan, f.state, f.location, namespace=f.namespace, problem=f.problem))
+        empty = f"No rollout recorded in {'any namespace' if all_namespaces else 'namespace ' + kube.namespace}."
+    else:
+        from rollout.backends.local.listing import search
+
+        env_dir = os.environ.get("ROLLOUT_STATE_DIR")
+        where = list(paths) if paths else ["."] + [d for d in (state_dir, env_dir) if d and os.path.isdir(d)]
+        found = search(where, state_dir)
+        for f in found.found:
+            name = f.plan.name if f.plan is not None else (f.state.plan if f.state is not None else f.state_file.parent.name)  # type: ignore[attr-defined,union-attr]
+            loc = str(f.state_file) if f.state_file is not None else "(no state yet)"
+            rows.append(row(name, f.state, loc, plan=f.plan, plan_path=str(f.plan_path) if f.plan_path else None, problem=f.problem))
+        rows.sort(key=lambda r: (r["name"], r["location"]))
+        for skipped in found.other_backends:
+            print(f"note: {skipped} is a plan for another backend: `rollout list -k` lists a cluster's rollouts", file=sys.stderr)
+        for bad in found.invalid:
+            print(f"note: skipped an invalid plan: {bad}", file=sys.stderr)
+        empty = f"No rollout plan or state found under {', '.join(where)}."
+    if output is Output.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render(rows) if rows else empty)
+    return EXIT_OK
+
+
 @app.command()
 def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
             context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
