@@ -47,6 +47,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rollout import __version__
+
+        print(f"rollout {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="print rollout's version and exit")] = False) -> None:
+    """Staged rollouts with real load and gates: shift traffic stage by stage, load it with Locust, judge every second, roll back by itself."""
+
+
 class Output(str, Enum):
     text = "text"
     json = "json"
@@ -68,6 +82,7 @@ KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kube
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or event lines: only the outcome (and errors)")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option("--image", help="kubernetes: CONTAINER=IMAGE for the canary, repeatable (instead of the plan's version images; "
                                                       "the version is --version, else the images' tag)", metavar="NAME=REF")]
 
@@ -199,7 +214,7 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None,
+        workers: WorkersOpt = None, quiet: QuietOpt = False,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
@@ -207,13 +222,13 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
 
     conn = _conn(kubeconfig, context, namespace)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
-                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers)
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, quiet=quiet)
     return code
 
 
@@ -252,12 +267,12 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
             context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-            workers: WorkersOpt = None) -> int:
+            workers: WorkersOpt = None, quiet: QuietOpt = False) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet)
 
 
 @app.command()
@@ -275,6 +290,8 @@ def gate(
     baseline_exprs: Annotated[Optional[list[str]], typer.Option("--baseline-gate", help="vs --baseline: 'p95<+10%', 'errors<+0.5pt' (repeatable)", metavar="EXPR")] = None,
     junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+    version_header: Annotated[Optional[str], typer.Option("--version-header", help="the response header naming the version that "
+                                                          "served a request (overrides load.version_header; default X-Version)")] = None,
 ) -> int:
     """Load a URL with the gates and say pass (0) or fail (1); no traffic moves. Exit 3: target unreachable."""
     import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
@@ -284,7 +301,8 @@ def gate(
     from rollout.report.outputs import ReportPaths
 
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
-                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [])
+                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [],
+                   version_header=version_header)
 
 
 @app.command()
@@ -467,10 +485,10 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
 
 
 @app.command()
-def approve(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+def approve(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(reason), _conn(kubeconfig, context, namespace), force)
 
 
 @app.command()

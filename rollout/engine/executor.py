@@ -449,18 +449,19 @@ class Engine:
 
     # -- the other verbs -------------------------------------------------------
 
-    def approve(self) -> Outcome:
+    def approve(self, reason: str = "") -> Outcome:
         st = self.state
+        why = f": {reason}" if reason else ""
         if st.phase is Phase.AWAITING_REVIEW:
             name = self.plan.stages[st.stage_index].name
-            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}")
+            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}{why}")
             return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
         action = decide(self.plan, st, now=self.clock())
         if action.kind is not Kind.WAIT_APPROVAL or action.stage is None:
             raise UsageError(f"nothing is waiting for approval ({st.phase.value}: {st.reason or 'no rollout in progress'})", "see `rollout status`")
         st.approved.append(action.stage)
         st.phase = Phase.PROGRESSING
-        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}"
+        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}{why}"
         self._audit("approve", st.reason)
         self.save()
         return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
