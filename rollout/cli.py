@@ -180,6 +180,11 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
     from rollout.inputs import DriveRequest
 
     request = DriveRequest(verb, version, image)
+    early = _load(plan)
+    if early.plan.target.backend == "local":  # no ssl involved: a typo fails at once, before locust is even imported
+        from rollout.backends import factory
+
+        request.check(early, factory.make_store(early, state_dir).load())
     loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn, request=request)
     if loaded.plan.load.runner == "kubernetes":
         from rollout.errors import UsageError

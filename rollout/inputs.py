@@ -57,14 +57,17 @@ class DriveRequest:
     """What `run`/`advance` were asked to roll out; `check` fills in the version to drive and the images."""
 
     verb: str
-    version: str | None = None  # --version as given; after `check`: the version to drive (None: the one in progress)
+    given: str | None = None  # --version as given
     image: list[str] | None = None  # --image as given
+    version: str | None = field(default=None, init=False)  # after `check`: the version to drive (None: the one in progress)
     images: tuple[str, dict[str, str]] | None = field(default=None, init=False)  # parsed --image: (version, images)
     from_cli: bool = field(default=False, init=False)  # the version was named on the command line
 
     def check(self, loaded: LoadedPlan, state: State | None) -> None:
-        """UsageError (exit 2) for anything that cannot be rolled out; nothing is written either way."""
+        """UsageError (exit 2) for anything that cannot be rolled out; nothing is written either way.
+        Idempotent: may run again on a fresher read of the state."""
         target = loaded.plan.target
+        self.version, self.images = self.given, None
         valid = valid_versions(loaded, state)
         if self.image and target.backend != "kubernetes":
             raise UsageError(f"--image sets container images, which the {target.backend} backend has not",
