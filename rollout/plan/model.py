@@ -94,8 +94,8 @@ class LocalVersion(Strict):
 
     command: str = Field(
         min_length=1,
-        description="shell-free command line; {port} is replaced by the port to listen on "
-        "(also given as $PORT), {version} by the version's name",
+        description="shell-free command line, run in the plan's directory; {port} is replaced by the port to listen on "
+        "(also given as $PORT), {version} by the version's name, {python} by the Python running rollout",
     )
     health: str = Field("/healthz", description="path answered with 2xx once the version is up")
     env: dict[str, str] = Field(default_factory=dict)
