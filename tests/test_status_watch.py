@@ -311,3 +311,40 @@ def test_watching_a_real_run_in_a_terminal_until_it_is_promoted(tmp_path: Path) 
     assert "✔ promoted: v2 is now stable (was v1) (exit 0)" in text
     # -q: the driver printed only its outcome, no progress or event lines
     assert d_out.strip() == "✔ promoted: v2 promoted: it serves all traffic" and "•" not in d_err and "stage" not in d_err, (d_out, d_err)
+
+
+def test_on_kubernetes_the_watch_reads_the_configmap_and_the_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From another machine: the state ConfigMap and the Lease are all the watcher needs (no lock taken, nothing written)."""
+    from rollout.backends.kubernetes.client import connect
+    from rollout.backends.kubernetes.store import ConfigMapStore, micro_time
+    from rollout.testing.apiserver import FakeApiServer
+    from tests.test_k8s_backend import NS, plan_data
+    from tests.test_k8s_cli import _cli
+
+    with FakeApiServer(controller_delay=0) as fake:
+        kc = fake.write_kubeconfig(namespace=NS)
+        plan = write_plan(tmp_path, plan_data(tmp_path, kc, "gateway-api"))
+        store = ConfigMapStore(connect(kubeconfig=kc), "answer")
+        st = running(0, (45.0, 5.0))
+        st.plan, st.live, st.updated_at = "answer", None, time.time() - 60
+        store.save(st)
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                 "metadata": {"name": "rollout-answer", "namespace": NS, "annotations": {"rollout.dev/command": "run"}},
+                 "spec": {"holderIdentity": "ci@runner-7 pid 42", "leaseDurationSeconds": 15, "acquireTime": micro_time(),
+                          "renewTime": micro_time(), "leaseTransitions": 0}}
+        fake.create(lease)
+        rv = fake.get("configmaps", NS, "rollout-answer")["metadata"]["resourceVersion"]  # type: ignore[index]
+        code, out, err = _cli("status", str(plan), "--watch", "--timeout", "2s")  # the Lease is held: the rollout moves
+        assert code == 5, out + err
+        assert "progressing | stage 1/3 `payments` running" in out and "still progressing after 2s (--timeout)" in out
+        lease = fake.get("leases", NS, "rollout-answer")
+        assert lease is not None
+        lease["spec"]["renewTime"] = micro_time(time.time() - 60)  # its holder died: expired
+        fake.apply(lease)
+        code, out, err = _cli("status", str(plan), "--watch")
+        assert code == 4 and "no command is driving it" in out, out + err
+        assert fake.get("configmaps", NS, "rollout-answer")["metadata"]["resourceVersion"] == rv  # type: ignore[index]
+        store.load()
+        store.save(ended(Phase.ROLLED_BACK, "reverted by ops"))
+        code, out, err = _cli("status", str(plan), "--watch")
+        assert code == 1 and out.splitlines()[-1] == "✘ rolled-back: reverted by ops (exit 1)", out + err
