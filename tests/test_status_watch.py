@@ -348,3 +348,17 @@ def test_on_kubernetes_the_watch_reads_the_configmap_and_the_lease(tmp_path: Pat
         store.save(ended(Phase.ROLLED_BACK, "reverted by ops"))
         code, out, err = _cli("status", str(plan), "--watch")
         assert code == 1 and out.splitlines()[-1] == "✘ rolled-back: reverted by ops (exit 1)", out + err
+
+
+def test_a_change_left_half_done_by_a_dead_command_is_named(tmp_path: Path, base_plan: dict) -> None:
+    from rollout.engine.state import Transition
+
+    plan = _plan(tmp_path, base_plan)
+    st = ended(Phase.ROLLED_BACK, "stage 1/2 `ten` failed")
+    st.transition = Transition("rollback", Split(), time.time() - 120, 999_999, "ci")
+    st.updated_at = time.time() - 120
+    _store(tmp_path).save(st)
+    code, out = in_pipe(_cmd("status", str(plan), "--watch"), _env(tmp_path / "state"))
+    assert code == 1, out
+    assert out.splitlines()[-1] == ("✘ rolled-back: stage 1/2 `ten` failed — an unfinished `rollback` towards 0% to canary: "
+                                    "`rollout revert` puts all traffic on stable (exit 1)")

@@ -65,6 +65,9 @@ def ending(state: State | None, now: float, holder: str | None) -> Ending | None
         return None  # a traffic change is under way: wait for its result
     phase = state.phase
     why = f"{phase.value}" + (f": {state.reason}" if state.reason else "")
+    t = state.transition
+    if t is not None:  # its command is gone: say what it left half done
+        why += f" — an unfinished `{t.action}` towards {t.to.describe()}: `rollout revert` puts all traffic on stable"
     if phase in (Phase.PROMOTED, Phase.IDLE):
         return Ending(EXIT_OK, why)
     if phase in (Phase.ROLLED_BACK, Phase.ABORTED):
