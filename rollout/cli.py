@@ -437,7 +437,7 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
 @app.command(name="list")
 def list_rollouts(
     paths: Annotated[Optional[list[str]], typer.Argument(help="plan files, state files or directories to search (default: . and $ROLLOUT_STATE_DIR)",
-                                                         metavar="[PATHS]...")] = None,
+                                                         metavar="PATHS")] = None,
     output: OutputOpt = Output.text, state_dir: StateDirOpt = None,
     kubernetes: Annotated[bool, typer.Option("--kubernetes", "-k", help="list the rollout state ConfigMaps of a cluster's namespace instead "
                                              "(implied by -A, --namespace, --context, --kubeconfig)")] = False,
