@@ -253,9 +253,9 @@ def test_timeout_is_exit_5_while_a_live_driver_holds_the_lock(tmp_path: Path, ba
     st.live, st.updated_at = None, time.time() - 60  # no numbers: only the lock says someone drives it
     store = _store(tmp_path)
     store.save(st)
-    (store.dir / "lock").write_text(json.dumps({"pid": os.getpid(), "command": "run", "since": time.time()}))  # as LocalStore.lock writes it
     started = time.monotonic()
-    code, out = in_pty(_cmd("status", str(plan), "--watch", "--timeout", "2s"), _env(tmp_path / "state"))
+    with store.lock("run"):  # this test is the driver: it holds the rollout's lock, as `rollout run` does
+        code, out = in_pty(_cmd("status", str(plan), "--watch", "--timeout", "2s"), _env(tmp_path / "state"))
     assert code == 5, out
     assert time.monotonic() - started < 60
     text = ANSI.sub("", out)

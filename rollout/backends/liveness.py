@@ -56,5 +56,9 @@ def lock_holder(store: Any) -> str | None:
     """The command holding `store`'s lock (a LocalStore or a ConfigMapStore), None when it is free or its holder is gone."""
     if hasattr(store, "kube"):
         return _lease_holder(store)
+    holder = getattr(store, "holder", None)
+    if callable(holder):  # a store that names its lock's holder itself (pid checked with its start time)
+        info = holder()
+        return f"`rollout {info.get('command', '?')}` (pid {info.get('pid', '?')})" if info else None
     directory = getattr(store, "dir", None)
     return _local_holder(directory) if directory is not None else None
