@@ -47,7 +47,7 @@ def test_gate_version_header_overrides_the_plans(tmp_path: Path) -> None:
             "name": "g", "owner": {"name": "T", "contact": "t@example.com"},
             "target": {"backend": "local", "stable": "v1", "versions": {"v1": {"command": "x {port}"}}},
             "load": {"locustfile": str(LOCUSTFILE), "users": 3, "version_header": "X-Not-Sent"},
-            "gates": {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 20}},
+            "gates": {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 20, "method": "threshold"}},
             "stages": [{"name": "s", "weight": 10, "duration": "3s"}],
         })
         env = {"GITHUB_STEP_SUMMARY": ""}

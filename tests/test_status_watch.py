@@ -285,7 +285,7 @@ def test_watching_a_real_run_in_a_terminal_until_it_is_promoted(tmp_path: Path) 
         "name": "svc", "owner": {"name": "Team", "contact": "team@example.com"},
         "target": {"backend": "local", "stable": "v1", "versions": {"v1": {"command": service}, "v2": {"command": service}}},
         "load": {"locustfile": "load.py", "users": 4},
-        "gates": {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 20}},
+        "gates": {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 20, "method": "threshold"}},
         "stages": [{"name": "ten", "weight": 10, "duration": "4s"}, {"name": "half", "weight": 50, "duration": "4s"}],
     })
     env = _env(tmp_path / "state")
