@@ -63,6 +63,8 @@ JunitOpt = Annotated[Optional[str], typer.Option("--junit", help="write a JUnit 
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="write the full JSON report (re-render it with `rollout report`)", metavar="FILE")]
 MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)", metavar="FILE")]
 HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
+TagsOpt = Annotated[Optional[list[str]], typer.Option("--tags", help="run only tasks with this @tag (repeatable; overrides load.tags), as `locust --tags`", metavar="TAG")]
+ExcludeTagsOpt = Annotated[Optional[list[str]], typer.Option("--exclude-tags", help="skip tasks with this @tag (repeatable; overrides load.exclude_tags)", metavar="TAG")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
@@ -156,7 +158,7 @@ def schema() -> int:
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None) -> int:
+           workers: int | None = None, tags: list[str] | None = None, exclude_tags: list[str] | None = None) -> int:
     images = _images(image, version)
     if images:
         version = images[0]
@@ -169,8 +171,10 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             "served a request, so it cannot judge a canary against stable",
             f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
         )
+    _check_locustfile(loaded, tags, exclude_tags)  # bad locustfile, shape, tag or option: exit 2 before any traffic moves
     with store.lock(verb, force=force):
         engine = make_engine()
+        engine.tags, engine.exclude_tags = tags, exclude_tags
         import time
 
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
@@ -187,14 +191,33 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
+            from rollout.load.session import close_all
+
+            close_all()  # `quitting` and `quit` once per process, as `locust` fires them
             engine.finish_alerts()
+
+
+def _check_locustfile(loaded: Any, tags: list[str] | None, exclude_tags: list[str] | None) -> None:
+    """Import the plan's locustfile (once per process) and check every stage's shape, the tags and options."""
+    from rollout.load.runner import LoadSpec
+    from rollout.load.session import check
+
+    plan = loaded.plan
+    load = plan.load
+    for i in range(len(plan.stages)):
+        t = tags if tags is not None else load.tags
+        x = exclude_tags if exclude_tags is not None else load.exclude_tags
+        check(LoadSpec(locustfile=loaded.resolve(load.locustfile), host="http://127.0.0.1", users=plan.stage_users(i),
+                       spawn_rate=plan.stage_spawn_rate(i), duration=plan.stages[i].duration, shape=plan.stage_shape(i),
+                       tags=tuple(t) if t is not None else None, exclude_tags=tuple(x) if x is not None else None,
+                       options=tuple(load.options.items())))
 
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None,
+        workers: WorkersOpt = None, tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
@@ -202,13 +225,13 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
 
     conn = _conn(kubeconfig, context, namespace)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, tags=tags, exclude_tags=exclude_tags)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
-                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers)
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, tags=tags, exclude_tags=exclude_tags)
     return code
 
 
@@ -247,12 +270,12 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
             context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-            workers: WorkersOpt = None) -> int:
+            workers: WorkersOpt = None, tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, tags=tags, exclude_tags=exclude_tags)
 
 
 @app.command()
@@ -268,6 +291,9 @@ def gate(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Locust worker processes (0: load in this process; default: load.workers)")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="a JSON report (--json) of an earlier release to compare with", metavar="REPORT.json")] = None,
     baseline_exprs: Annotated[Optional[list[str]], typer.Option("--baseline-gate", help="vs --baseline: 'p95<+10%', 'errors<+0.5pt' (repeatable)", metavar="EXPR")] = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="the locustfile's LoadTestShape class that drives the users "
+                                                 "(default: load.shape; without a plan the locustfile's own shape, as `locust`; none: --users)", metavar="CLASS")] = None,
+    tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
     junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
 ) -> int:
@@ -279,7 +305,8 @@ def gate(
     from rollout.report.outputs import ReportPaths
 
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
-                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [])
+                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [],
+                   shape=shape, tags=tags, exclude_tags=exclude_tags)
 
 
 @app.command()
