@@ -186,14 +186,16 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             engine.load_runner = distributed_runner(n_workers)
         capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
         started = time.time()
+        quit_code = 3
         try:
             outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+            quit_code = int(outcome.exit_code)
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
             from rollout.load.session import close_all
 
-            close_all()  # `quitting` and `quit` once per process, as `locust` fires them
+            close_all(quit_code)  # `quitting` and `quit(exit_code)` once per process, as `locust` fires them
             engine.finish_alerts()
 
 

@@ -425,14 +425,16 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
                     shape, tags, exclude_tags)
     load_runner = _load_runner(setup)
     started = time.time()
+    quit_code = 3
     try:
         try:
             result = run_gate(setup, load_runner, quiet=quiet)
-        finally:  # the process is done with load: `quitting` and `quit` for the locustfile, as `locust` fires them
+            quit_code = result.exit_code
+        finally:  # the process is done with load: `quitting` and `quit(exit_code)` for the locustfile, as `locust` fires them
             if setup.cluster is None:
                 from rollout.load.session import close_all
 
-                close_all()
+                close_all(quit_code)
     except RolloutError as exc:
         if exc.exit_code != EXIT_GATE_FAILED:
             write_reports(error_report("gate", {"host": setup.host, "locustfile": str(setup.locustfile)}, setup.plan,

@@ -264,6 +264,9 @@ class Session:
             env.host = spec.host
             vars(env.parsed_options).update(vars(options))  # same object: listeners that kept it see this stage
             env.shape_class = shape
+            # Locust filters tasks by tag once per Environment (`_tasks_filtered`); this stage's classes are new
+            # subclasses, so filter again when the runner starts (test_start), as for the first stage.
+            env._tasks_filtered = False  # type: ignore[attr-defined]
         if shape is not None:
             shape.runner = self.runner
         return env, self.runner

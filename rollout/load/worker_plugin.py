@@ -117,6 +117,7 @@ def _on_init(environment: Any, **_: Any) -> None:
         spec = LoadSpec(locustfile=Path("-"), host=settings.get("host") or "", users=0, spawn_rate=1, duration=0,
                         cohort=tuple(cohort) if cohort else None, cohort_share=float(settings.get("cohort_share", 0.2)))
         environment.user_classes = user_classes_for(spec, base)
+        environment._tasks_filtered = False  # new subclasses: Locust filters by tag again at the next test_start
 
     set_classes(settings)
     shipper = Shipper(environment, settings)
