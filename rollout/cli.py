@@ -139,6 +139,19 @@ def validate(plan: PlanArg, output: OutputOpt = Output.text) -> int:
             print(json.dumps({"valid": False, "file": exc.file, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
             return EXIT_BAD_INPUT
         raise
+    if loaded.plan.load.runner == "local":  # the locustfile, imported in a subprocess with a timeout (rollout.load.check)
+        from rollout.errors import PlanIssue
+        from rollout.load.check import problems
+        from rollout.plan.loader import _line_for, parse_yaml, path_str
+
+        found = problems(loaded)
+        if found:
+            _data, lines = parse_yaml(loaded.path.read_text(encoding="utf-8"), plan)
+            exc = PlanInvalid(plan, [PlanIssue(plan, _line_for(loc, lines), path_str(loc), what, expected) for loc, what, expected in found])
+            if output is Output.json:
+                print(json.dumps({"valid": False, "file": plan, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
+                return EXIT_BAD_INPUT
+            raise exc
     if output is Output.json:
         print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan)}, indent=2))
     else:

@@ -170,8 +170,10 @@ def parse_options(args: list[str]) -> argparse.Namespace:
         with contextlib.redirect_stderr(err):
             return parser.parse_args(args=args)
     except SystemExit:
-        text = err.getvalue().strip().splitlines()
-        raise LocustfileInvalid(f"Locust's parser refused the options: {text[-1] if text else ' '.join(args)}",
+        lines = err.getvalue().strip().splitlines()
+        at = next((i for i, x in enumerate(lines) if "error:" in x), max(0, len(lines) - 1))
+        text = " ".join(x.strip() for x in lines[at:]).split("error:", 1)[-1].strip() or " ".join(args)
+        raise LocustfileInvalid(f"Locust's parser refused the options: {text}",
                                 "load.options takes the names the locustfile registers (init_command_line_parser) "
                                 "or Locust's own (`locust --help`)") from None
 
