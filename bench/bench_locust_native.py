@@ -5,7 +5,8 @@ cost of the per-endpoint statistics.
    ending), same target (the sample service, no latency), same single process each: plain
    `locust -f FILE --headless` (the shape ends the run) against `rollout gate --host … -f FILE` (the shape
    drives the users and ends the stage; the gate is judged every second). Requests per second over the
-   shape's length; rounds alternate so drift hits both. Target: ratio ≥ 0.95.
+   run (Locust's own Requests/s; the gate's requests over its stage's elapsed time); rounds alternate so
+   drift hits both. Target: ratio ≥ 0.95.
 2. The per-endpoint recorder (`rollout.load.endpoints`: a row and a log histogram per endpoint, failure
    messages) on or off (`LoadSpec.endpoint_stats`), otherwise the same in-process load (`run_load`, flat
    20 users, no shape), alternating in the same run. Reported: req/s with and without and the ratio.
@@ -46,8 +47,9 @@ def plain_shape(host: str, seconds: float) -> float:
     with tempfile.TemporaryDirectory() as d:
         subprocess.run([sys.executable, "-m", "locust", "-f", str(SHAPE), "--headless", "--host", host, "--csv", f"{d}/s", "--only-summary",
                         "--loglevel", "ERROR"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(seconds), cwd=d)
-        total = next(line for line in Path(f"{d}/s_stats.csv").read_text().splitlines() if ",Aggregated," in line).split(",")
-        return int(total[2]) / seconds
+        lines = Path(f"{d}/s_stats.csv").read_text().splitlines()
+        col = lines[0].split(",").index("Requests/s")  # Locust's own: requests over its run's span
+        return float(next(line for line in lines if ",Aggregated," in line).split(",")[col])
 
 
 def gate_shape(host: str, seconds: float) -> float:
@@ -57,7 +59,7 @@ def gate_shape(host: str, seconds: float) -> float:
         if r.returncode != 0:
             raise RuntimeError(r.stdout + r.stderr)
         stats = json.loads(Path(f"{d}/r.json").read_text())["stages"][0]["stats"]
-        return stats["all"]["requests"] / seconds
+        return stats["all"]["requests"] / stats["elapsed_s"]  # over the stage, which the shape's end ends
 
 
 def in_process(host: str, users: int, seconds: float, endpoints: bool) -> float:

@@ -117,11 +117,41 @@ def assert_same_as_plain(recs: list[dict[str, Any]], plain: list[dict[str, Any]]
     assert len(common) >= 5, (a, b)
     for s in common:
         assert a[s] in {b.get(s - 1), b[s], b.get(s + 1)}, (s, a, b)
+    ca, cb = classes_by_second(mine), classes_by_second(theirs)
+    for s in common:  # the per-tick user classes: Readers only in the first step, then all three
+        assert ca[s] in [cb.get(s - 1), cb[s], cb.get(s + 1)], (s, ca, cb)
+    assert set(ca[1]) == {"Reader"} and set(ca[3]) == {"Reader", "Fast", "Admin"}, ca
     # the same task selection: only tasks tagged `read`, from the classes the shape picked
     names, plain_names = requests_by_name(recs), requests_by_name(plain)
     assert set(names) <= READ_NAMES and {"read", "fast-read"} <= set(names), names
     assert set(names) - {"admin"} == set(plain_names) - {"admin"}
     assert names["read"] > names["fast-read"]  # weights 3:1 and three read tasks to one
+
+
+NATIVE_FLAT = ROOT / "tests" / "locustfiles" / "native_flat.py"
+
+
+def classes_by_second(recs: list[dict[str, Any]]) -> dict[int, dict[str, int]]:
+    return {round(r["s"]): r["classes"] for r in recs if r["event"] == "users"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_weights_and_fixed_count_give_the_same_users_per_class(service: str, tmp_path: Path, workers: int) -> None:
+    """No shape: 5 users of Reader (weight 3), Fast (weight 1) and Admin (fixed_count 1), as plain Locust spreads them."""
+    ref = tmp_path / "plain.jsonl"
+    r = subprocess.run([sys.executable, "-m", "locust", "-f", str(NATIVE_FLAT), "--headless", "--host", service, "-u", "5", "-r", "50", "-t", "4s",
+                        "--loglevel", "WARNING"], env={**__import__("os").environ, "NATIVE_RECORD": str(ref)}, capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "gate.jsonl"
+    g = run_cli("gate", "--quiet", "--host", service, "-f", str(NATIVE_FLAT), "-u", "5", "--spawn-rate", "50", "-t", "4s", "--gate", "errors<50%",
+                "--min-requests", "10", "--workers", str(workers), env={"NATIVE_RECORD": str(out), "GITHUB_STEP_SUMMARY": ""}, timeout=180)
+    assert g.returncode == 0, g.stdout + g.stderr
+    theirs, mine = classes_by_second(records(ref)), classes_by_second(records(out))
+    assert theirs[2] == {"Reader": 3, "Fast": 1, "Admin": 1}, theirs
+    assert mine[2] == theirs[2] and mine[3] == theirs[3], (mine, theirs)
+    names = requests_by_name(records(out))
+    assert {"read", "write", "fast-read", "fast-write", "admin"} == set(names) == set(requests_by_name(records(ref)))  # no tags: every task
 
 
 def test_plain_locust_fires_every_event_for_reference(plain: list[dict[str, Any]]) -> None:

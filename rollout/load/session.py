@@ -226,6 +226,7 @@ class Session:
         self.on_listener_error: Callable[[str], None] | None = None
         self.merge: Callable[[dict[str, Any]], None] = lambda data: None  # workers' deltas -> the running stage
         self.closed = False
+        self._handlers: dict[str, list[Any]] = {}  # the global events' listeners before this session added any
 
     def _listener_error(self, text: str) -> None:
         self.listener_errors.append(text)
@@ -239,6 +240,9 @@ class Session:
         shape = self.lf.shapes.get(spec.shape) if spec.shape else None
         if self.env is None:
             logging.getLogger().addHandler(self._handler)
+            # listeners as the locustfile's import left them; the runner and `init` listeners add more, which
+            # `close` removes, so a later session in this process (`run --wait` after a review) starts clean
+            self._handlers = {k: list(v._handlers) for k, v in vars(locust.events).items() if hasattr(v, "_handlers")}
             env = Environment(
                 user_classes=classes, host=spec.host, events=locust.events, parsed_options=options,
                 locustfile=os.path.basename(str(self.lf.path)), parsed_locustfiles=[str(self.lf.path)],
@@ -288,6 +292,8 @@ class Session:
             if self.procs is not None:
                 self.procs.stop()
             logging.getLogger().removeHandler(self._handler)
+            for name, handlers in self._handlers.items():
+                getattr(locust.events, name)._handlers[:] = handlers
             _SESSIONS.pop((self.lf.path, self.workers), None)
 
 

@@ -48,7 +48,8 @@ def on_test_start(environment, **_kw):
             t0 = time.monotonic()
             while True:
                 gevent.sleep(1.0)
-                note("users", s=round(time.monotonic() - t0, 1), n=environment.runner.user_count)
+                note("users", s=round(time.monotonic() - t0, 1), n=environment.runner.user_count,
+                     classes={k: v for k, v in environment.runner.user_classes_count.items() if v})
         environment.rollout_watch = gevent.spawn(watch)
 
 
