@@ -16,7 +16,7 @@ import time
 
 import gevent
 from locust import FastHttpUser, HttpUser, LoadTestShape, between, constant, events, tag, task
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
 RECORD = os.environ.get("NATIVE_RECORD", "")
 _counts: dict[str, int] = {}
@@ -48,8 +48,9 @@ def on_test_start(environment, **_kw):
             t0 = time.monotonic()
             while True:
                 gevent.sleep(1.0)
-                note("users", s=round(time.monotonic() - t0, 1), n=environment.runner.user_count,
-                     classes={k: v for k, v in environment.runner.user_classes_count.items() if v})
+                runner = environment.runner  # a master counts its workers' users (reported), a local runner its own
+                counts = runner.reported_user_classes_count if isinstance(runner, MasterRunner) else runner.user_classes_count
+                note("users", s=round(time.monotonic() - t0, 1), n=runner.user_count, classes={k: v for k, v in counts.items() if v})
         environment.rollout_watch = gevent.spawn(watch)
 
 
