@@ -248,6 +248,9 @@ class Load(Strict):
     def _runner(self) -> Load:
         if self.runner == "local" and self.cluster is not None:
             raise ValueError("`cluster` goes with `runner: kubernetes`")
+        if self.runner == "kubernetes" and (self.shape or self.tags or self.exclude_tags or self.options):
+            raise ValueError("no `shape`, `tags`, `exclude_tags` or `options` with `runner: kubernetes` yet (the in-cluster "
+                             "Locust is started without them); use the local runner (`workers` for more load)")
         return self
 
 
