@@ -286,10 +286,18 @@ def _shape_for(lf: Path, flag: str | None, plan_shape: str | None, from_plan: bo
         return None if flag == "none" else flag
     if from_plan:
         return plan_shape
-    from rollout.load.session import load
+    return AUTO_SHAPE  # decided when the locustfile is imported (run_gate): resolving must not import locust
 
-    shapes = list(load(lf).shapes)
-    return shapes[0] if shapes else None
+
+AUTO_SHAPE = "<the locustfile's own>"
+
+
+def _auto_shape(setup: GateSetup) -> None:
+    if setup.shape == AUTO_SHAPE:
+        from rollout.load.session import load
+
+        shapes = list(load(setup.locustfile).shapes)
+        setup.shape = shapes[0] if shapes else None
 
 
 def _duration(text: str) -> float:
@@ -341,6 +349,7 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
     if setup.cluster is None:  # in-cluster load: the target may answer only inside the cluster
         from rollout.load.session import check
 
+        _auto_shape(setup)
         check(_spec(setup))  # bad locustfile, shape, tag or option: exit 2 before anything runs
         probe(setup.host)
     served_by = version_of(setup.host, setup.version_header) if setup.cluster is None else None

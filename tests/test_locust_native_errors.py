@@ -133,3 +133,18 @@ def test_validate_accepts_a_good_locustfile_and_says_when_a_shape_drives(tmp_pat
     r = run_cli("validate", str(write_plan(tmp_path, {"shape": "Ramp"}, src)), timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "shape Ramp" in r.stdout and "a LoadTestShape drives the users" in r.stdout
+
+
+def test_gate_without_a_plan_follows_the_locustfiles_shape_as_locust_does(service: str, tmp_path: Path) -> None:
+    lf = tmp_path / "ramp.py"
+    lf.write_text(OK + "\nfrom locust import LoadTestShape\n\nclass Ramp(LoadTestShape):\n    def tick(self):\n        return (2, 10) if self.get_run_time() < 3 else None\n")
+    r = gate("--host", service, "-f", str(lf), "-t", "30s", "--gate", "errors<5%", "--min-requests", "5", "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    stats = json.loads((tmp_path / "r.json").read_text())["stages"][0]["stats"]
+    assert stats["endpoints"]["shape"] == "Ramp" and stats["elapsed_s"] < 15  # the shape's end ended the run, not -t 30s
+    assert max(n for _, n in stats["users_timeline"]) == 2  # the shape's users, not --users' default 10
+    r = gate("--host", service, "-f", str(lf), "-t", "2s", "-u", "3", "--shape", "none", "--gate", "errors<5%", "--min-requests", "5",
+             "--json", str(tmp_path / "flat.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    stats = json.loads((tmp_path / "flat.json").read_text())["stages"][0]["stats"]
+    assert "shape" not in stats["endpoints"] and max(n for _, n in stats["users_timeline"]) == 3
