@@ -76,7 +76,10 @@ def parse_gate(expr: str, min_requests: int = 100) -> tuple[str, Gate]:
     except ValueError as exc:
         raise UsageError(f"--gate {expr!r}: limit `{limit}` is not valid for {word}: expected {exc}", f"write it {EXAMPLES}") from None
     name = f"{'errors' if metric == 'error_rate' else metric}<{limit}"
-    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests)
+    # `--gate` keeps the fixed rule its `--min-requests` flag describes ("judge after N requests"): a CI gate
+    # of a few seconds must end passed or failed, and a sequential PASS needs hundreds of requests. A plan's
+    # absolute gates (`rollout gate PLAN`) follow the plan: sequential unless it says `method: threshold`.
+    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests, method="threshold")
 
 
 def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
@@ -167,6 +170,9 @@ class GateSetup:
     options: tuple[tuple[str, Any], ...] = ()
 
 
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
 def resolve(
     plan_path: str | None,
     host: str | None,
@@ -179,6 +185,7 @@ def resolve(
     workers: int | None,
     baseline: str | None = None,
     baseline_exprs: list[str] | None = None,
+    version_header: str | None = None,
     shape: str | None = None,
     tags: list[str] | None = None,
     exclude_tags: list[str] | None = None,
@@ -240,6 +247,10 @@ def resolve(
         spawn = spawn_rate or float(users)
         dur = _duration(duration)
         header, roles, max_requests, plan_workers = "X-Version", {}, None, 0
+    if version_header is not None:  # --version-header wins over the plan's load.version_header
+        if not HEADER_NAME.match(version_header):
+            raise UsageError(f"--version-header {version_header!r} is not an HTTP header name", "e.g. --version-header X-Version")
+        header = version_header
     gates.update(parse_gates(gate_exprs, min_requests))
     check_url(host)
     if not lf.is_file():
@@ -419,7 +430,8 @@ def _spec(setup: GateSetup) -> Any:
 def command(plan: str | None, host: str | None, locustfile: str | None, users: int | None, duration: str | None,
             gate_exprs: list[str], min_requests: int, spawn_rate: float | None, workers: int | None,
             paths: Any, quiet: bool = False, baseline: str | None = None, baseline_exprs: list[str] | None = None,
-            shape: str | None = None, tags: list[str] | None = None, exclude_tags: list[str] | None = None) -> int:
+            version_header: str | None = None, shape: str | None = None, tags: list[str] | None = None,
+            exclude_tags: list[str] | None = None) -> int:
     """The whole `rollout gate`: resolve, probe, load and judge, write the reports; returns the exit code.
 
     Bad input raises UsageError/PlanInvalid (exit 2) before anything runs. An
@@ -431,7 +443,7 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
     from rollout.report.outputs import write_reports
 
     setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers, baseline, baseline_exprs,
-                    shape, tags, exclude_tags)
+                    version_header, shape=shape, tags=tags, exclude_tags=exclude_tags)
     load_runner = _load_runner(setup)
     started = time.time()
     quit_code = 3
