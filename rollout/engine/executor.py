@@ -88,6 +88,8 @@ class Engine:
         self.out = reporter
         self.who = who
         self.load_runner = load_runner
+        self.tags: list[str] | None = None  # --tags / --exclude-tags on run/advance (over load.tags)
+        self.exclude_tags: list[str] | None = None
         self.clock = clock
         self.state: State = self._load()
         backend.checkpoint = self.save
@@ -257,7 +259,9 @@ class Engine:
         st.phase = Phase.PROGRESSING
         st.reason = f"stage {i + 1}/{n} `{stage.name}` running"
         where = "the canary alone" if stage.load_to == "canary" else "the entry point"
-        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
+        shape = self.plan.stage_shape(i)
+        users = f"shape {shape} drives the users" if shape else f"{self.plan.stage_users(i)} users"
+        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {users} to {where} for {stage.duration:g}s")
         self.save()
         kill_point("stage-started")
 
@@ -361,6 +365,11 @@ class Engine:
             cohort_share=load.cohort_share,
             max_requests=load.max_requests,
             metrics=dict(load.metrics),
+            shape=self.plan.stage_shape(i),
+            tags=tuple(self.tags if self.tags is not None else load.tags) if (self.tags is not None or load.tags is not None) else None,
+            exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)
+            if (self.exclude_tags is not None or load.exclude_tags is not None) else None,
+            options=tuple(load.options.items()),
         )
 
     # -- ending ----------------------------------------------------------------
