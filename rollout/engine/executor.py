@@ -43,6 +43,7 @@ from rollout.load.stats import StageStats
 from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import Stage
+from rollout.testing.killpoints import kill_point  # test-only crash points; inert unless a test sets them
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
 
@@ -68,6 +69,12 @@ class Outcome:
     exit_code: int = EXIT_OK
 
 
+def canary_started(state: State) -> bool:
+    """Whether the rollout in progress ever had its canary up: deployed, or a stage recorded."""
+    since = state.started_at or 0.0
+    return bool(state.stages) or any(h.action == "deployed" and h.at >= since for h in state.history)
+
+
 class Engine:
     def __init__(
         self,
@@ -87,6 +94,8 @@ class Engine:
         self.out = reporter
         self.who = who
         self.load_runner = load_runner
+        self.tags: list[str] | None = None  # --tags / --exclude-tags on run/advance (over load.tags)
+        self.exclude_tags: list[str] | None = None
         self.clock = clock
         self.state: State = self._load()
         backend.checkpoint = self.save
@@ -230,6 +239,7 @@ class Engine:
         start_at = f", from stage {st.stage_index + 1}" if first_stage else ""
         self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version}{start_at} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
         self.save()
+        kill_point("start-saved")
         self.backend.deploy_canary(st, version)
         self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
         self.save()
@@ -245,7 +255,9 @@ class Engine:
         st = self.state
         st.transition = Transition("shift", split, self.clock(), os.getpid(), self.who)
         self.save()
+        kill_point("shift-saved")
         self.backend.apply_split(st, split)
+        kill_point("shift-applied")
         st.split = split
         st.transition = None
         self._audit("shift", f"traffic: {split.describe()} ({why})")
@@ -301,8 +313,11 @@ class Engine:
         st.phase = Phase.PROGRESSING
         st.reason = f"stage {i + 1}/{n} `{stage.name}` running"
         where = "the canary alone" if stage.load_to == "canary" else "the entry point"
-        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
+        shape = self.plan.stage_shape(i)
+        users = f"shape {shape} drives the users" if shape else f"{self.plan.stage_users(i)} users"
+        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {users} to {where} for {stage.duration:g}s")
         self.save()
+        kill_point("stage-started")
 
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
@@ -391,6 +406,7 @@ class Engine:
         self.out.stage_done(rec)
         self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)
         self.save()
+        kill_point("stage-passed")
         return "passed"
 
     def _load_spec(self, i: int) -> Any:
@@ -414,6 +430,11 @@ class Engine:
             cohort_share=load.cohort_share,
             max_requests=load.max_requests,
             metrics=dict(load.metrics),
+            shape=self.plan.stage_shape(i),
+            tags=tuple(self.tags if self.tags is not None else load.tags) if (self.tags is not None or load.tags is not None) else None,
+            exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)
+            if (self.exclude_tags is not None or load.exclude_tags is not None) else None,
+            options=tuple(load.options.items()),
         )
 
     # -- ending ----------------------------------------------------------------
@@ -426,6 +447,7 @@ class Engine:
         st.transition = Transition(action, ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit(action, reason, reason=why)
         self.save()
+        kill_point(f"{action}-saved")
         self._complete_rollback()
 
     def _complete_rollback(self) -> None:
@@ -435,13 +457,17 @@ class Engine:
         self.backend.apply_split(st, ALL_STABLE)
         st.split = ALL_STABLE
         self.save()
+        kill_point("rollback-routed")
         self.backend.stop_canary(st)
+        kill_point("rollback-stopped")
         st.transition = None
         done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
         self._audit("stable", done)
         self.notifier.emit(ALERT_FOR_ROLLBACK.get(cause, "rolled-back"), f"{done} — {st.reason}", self._alert_details(reason=st.reason))
-        if st.canary_version:  # a rollout ended here (not a revert of an already finished one)
+        if st.canary_version and canary_started(st):  # a rollout ended here (not a revert of an already finished one)
             self._archive(st.phase.value)
+        else:  # a canary that never came up is no rollout to keep in history (the audit trail keeps what happened)
+            st.canary_version = None
         self.save()
 
     def _promote(self, manual: str = "", reason: str = "") -> None:
@@ -453,11 +479,13 @@ class Engine:
         else:
             self._audit("promoting", f"promoting {st.canary_version}: all stages passed")
         self.save()
+        kill_point("promote-saved")
         self._complete_promote()
 
     def _complete_promote(self) -> None:
         st = self.state
         self.backend.promote(st)
+        kill_point("promote-done")
         if st.canary_version and st.stable_version != st.canary_version:
             previous = st.stable_version
             st.stable_version = st.canary_version
