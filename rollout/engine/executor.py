@@ -29,7 +29,8 @@ from rollout.engine.state import (
     Transition,
     new_state,
 )
-from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, UsageError
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, RolloutError, UsageError
+from rollout.gates import liveness
 from rollout.gates.health import health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
@@ -253,12 +254,18 @@ class Engine:
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
         failing: list[Verdict] = []
+        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version)
+        alive.observe(0.0, StageStats(), self._canary_probe())  # the window's start: the counters before any load
 
         early: list[float] = []
 
         def on_tick(stats: StageStats) -> bool:
+            served = alive.observe(stats.elapsed, stats, self._canary_probe())
             verdicts = judge.judge(stats, final=False)
-            self.out.progress(stage, i, n, stats, verdicts, stage.duration)
+            self.out.progress(stage, i, n, stats, verdicts + [served], stage.duration)
+            if served.status is Status.FAIL:  # fail closed: a canary that cannot serve ends the stage now
+                failing.append(served)
+                return True
             bad = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
             if bad:
                 failing.extend(bad)
@@ -286,7 +293,9 @@ class Engine:
             raise
 
         if not failing:
+            served = alive.observe(stats.elapsed, stats, self._canary_probe(), final=True)
             verdicts = judge.judge(stats, final=True)
+            verdicts += [served] if served.status is Status.FAIL else []
             verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
@@ -294,8 +303,8 @@ class Engine:
         rec.verdicts = [v.as_dict() for v in verdicts]
         rec.stats = stats.summary()
         rec.ended_at = self.clock()
-        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical
-            return v.gate in gates and gates[v.gate].critical
+        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical; a dead canary always is
+            return v.gate == liveness.NAME or (v.gate in gates and gates[v.gate].critical)
 
         critical = [v for v in verdicts if v.status is Status.FAIL and is_critical(v)]
         uncertain = [v for v in verdicts if v.status is Status.INCONCLUSIVE or (v.status is Status.FAIL and not is_critical(v))]
@@ -328,6 +337,16 @@ class Engine:
         self.save()
         return "passed"
 
+    def _canary_probe(self) -> liveness.CanaryProbe | None:
+        """The backend's word on the canary this tick; a backend that cannot answer says nothing (None)."""
+        probe = getattr(self.backend, "canary_probe", None)
+        if probe is None:
+            return None
+        try:
+            return probe(self.state)
+        except RolloutError:
+            return None
+
     def _load_spec(self, i: int) -> Any:
         from rollout.load.runner import LoadSpec  # only commands that run load import locust
 
@@ -349,6 +368,7 @@ class Engine:
             cohort_share=load.cohort_share,
             max_requests=load.max_requests,
             metrics=dict(load.metrics),
+            only_role="canary" if stage.load_to == "canary" else None,
         )
 
     # -- ending ----------------------------------------------------------------

@@ -71,7 +71,8 @@ class Workers:
     def __init__(self, spec: LoadSpec, n: int, port: int) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="rollout-workers-", suffix=".log", delete=False)
         settings = {"version_header": spec.version_header, "roles": spec.roles, "host": spec.host,
-                    "cohort": list(spec.cohort) if spec.cohort else None, "cohort_share": spec.cohort_share}
+                    "cohort": list(spec.cohort) if spec.cohort else None, "cohort_share": spec.cohort_share,
+                    "only_role": spec.only_role}
         env = {**os.environ, worker_plugin.SPEC_ENV: json.dumps(settings), "PYTHONUNBUFFERED": "1"}
         files = f"{Path(worker_plugin.__file__).resolve()},{spec.locustfile.resolve()}"
         cmd = [sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),

@@ -37,7 +37,8 @@ class Shipper:
         from rollout.load.stats import VersionStats
 
         spec = LoadSpec(locustfile=Path("-"), host="", users=0, spawn_rate=1, duration=0,
-                        version_header=settings.get("version_header", "X-Version"), roles=dict(settings.get("roles", {})))
+                        version_header=settings.get("version_header", "X-Version"), roles=dict(settings.get("roles", {})),
+                        only_role=settings.get("only_role"))
         self.env = environment
         self.recorder = Recorder(spec)
         self._empty = VersionStats

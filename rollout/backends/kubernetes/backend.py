@@ -38,6 +38,7 @@ from rollout.backends.kubernetes.client import (
 from rollout.backends.kubernetes.store import micro_time
 from rollout.engine.state import ALL_STABLE, Split, State
 from rollout.errors import BackendError, RolloutError, UsageError
+from rollout.gates.liveness import CanaryProbe
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import KubernetesTarget
 
@@ -414,6 +415,21 @@ class KubernetesBackend:
             raise BackendError("the plan gives no URL for the canary alone (a `load_to: canary` stage needs one)",
                                "set target.canary_url, e.g. the canary Service's address")
         return self.target.canary_url
+
+    def canary_probe(self, state: State) -> CanaryProbe | None:
+        """Fail closed, every tick: a canary Deployment that should run pods and has none ready is down.
+        No per-version request counters: the cluster's routers do not count for us."""
+        rec = state.backend.get("canary")
+        if not rec:
+            return CanaryProbe(state.canary_version)
+        name = self.target.deployments.canary
+        dep = self._get(name)
+        want = int((dep.get("spec") or {}).get("replicas", 1) or 0)
+        ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+        down = None
+        if want > 0 and ready == 0:
+            down = f"Deployment {self.ns}/{name} has 0 of {want} pods ready"
+        return CanaryProbe(rec.get("version") or state.canary_version, down, None)
 
     def inspect(self, state: State) -> dict[str, Any]:
         """Live facts for `status -o json`: {"deployments": {role: ...}, "traffic": {router, weight, cohort, note}}.

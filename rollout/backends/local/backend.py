@@ -23,6 +23,7 @@ from rollout.backends.local.processes import ProcRecord
 from rollout.backends.local.router_client import RouterUnreachable, get_config, put_config
 from rollout.engine.state import Split, State
 from rollout.errors import BackendError
+from rollout.gates.liveness import CanaryProbe
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import LocalTarget
 
@@ -120,7 +121,7 @@ class LocalBackend:
         config_path.parent.mkdir(parents=True, exist_ok=True)
         config_path.write_text(json.dumps(self._router_config(state, split)))
         argv = [sys.executable, "-m", "rollout.backends.local.router", "--port", str(port), "--admin-port", "0",
-                "--config", str(config_path), "--ready-file", str(ready)]
+                "--canary-port", "0", "--config", str(config_path), "--ready-file", str(ready)]
         log = self.dir / "logs" / "router.log"
         proc = procs.spawn(argv, self.dir, log, {})
         rec = ProcRecord(pid=proc.pid, start_ticks=procs.start_ticks(proc.pid), port=port, version="router", command=" ".join(argv), log=str(log))
@@ -132,7 +133,8 @@ class LocalBackend:
             try:
                 info = json.loads(ready.read_text())
                 if info.get("pid") == proc.pid:
-                    state.backend["router"] = {"proc": {**rec.as_dict(), "port": info["port"]}, "port": info["port"], "admin_port": info["admin_port"]}
+                    state.backend["router"] = {"proc": {**rec.as_dict(), "port": info["port"]}, "port": info["port"], "admin_port": info["admin_port"],
+                                               "canary_port": info.get("canary_port") or None}
                     self.checkpoint()
                     return
             except (OSError, ValueError):
@@ -180,6 +182,8 @@ class LocalBackend:
             procs.stop(current)
             self._set(state, "canary", None)
         self._set(state, "canary", self._start_version(version))
+        if self._router(state) is not None:  # the router's canary-only listener needs it; the split is unchanged
+            self._put(state, state.split)
 
     def apply_split(self, state: State, split: Split) -> None:
         if self._router(state) is None:
@@ -221,10 +225,34 @@ class LocalBackend:
         return f"http://127.0.0.1:{router['port']}"
 
     def canary_url(self, state: State) -> str:
+        """The router's canary-only listener: load for the canary alone is counted per version there too
+        (refused, reset, hung requests); the process's own port for a router started without one."""
         rec = self._rec(state, "canary")
         if rec is None:
             raise BackendError("the canary is not running", "run `rollout advance` to deploy it")
+        router = state.backend.get("router") or {}
+        if router.get("canary_port") and self._router(state) is not None:
+            return f"http://127.0.0.1:{router['canary_port']}"
         return f"http://127.0.0.1:{rec.port}"
+
+    def canary_probe(self, state: State) -> CanaryProbe | None:
+        """Fail closed, every tick: the canary process by pid and start time, and the router's per-version counters."""
+        version = state.canary_version
+        rec = self._rec(state, "canary")
+        down = None
+        if rec is None:
+            if version:
+                down = "no canary process is recorded"
+        elif not procs.is_alive(rec):
+            down = procs.exit_description(rec)
+        counters = None
+        router = state.backend.get("router")
+        if router:
+            try:
+                counters = get_config(router["admin_port"], timeout=2.0).get("versions")
+            except RouterUnreachable:
+                counters = None  # the router's own failure is not the canary's: `ensure` and the rollback handle it
+        return CanaryProbe(version, down, counters if isinstance(counters, dict) else None)
 
     def inspect(self, state: State) -> dict[str, Any]:
         out: dict[str, Any] = {}
