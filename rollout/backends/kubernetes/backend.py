@@ -485,6 +485,7 @@ class KubernetesBackend:
                          "this is what a new rollout would do from the objects as they are now")
         if version == stable_version:
             notes.append(f"{version} is already the stable version: `rollout run` would do nothing")
+        notes += dryrun.attribution_notes(self.loaded.plan)
         try:
             steps = dryrun.steps(self.loaded.plan, objects, self.ns, stable_version, version, images,
                                  self.images_for(stable_version, objects["stable"], state))
