@@ -11,6 +11,7 @@ RUNS = [
     ["bench_router.py"],
     ["bench_load.py", "--rounds", "3", "--seconds", "10"],
     ["bench_rollback.py", "--rounds", "5"],
+    ["bench_canary_death.py", "--rounds", "10", "--baseline-rounds", "4"],
     ["bench_k8s.py", "--rounds", "20"],
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],
