@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-import locust  # noqa: F401  (first: gevent monkey-patching, as in the CLI's load commands)
-
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +16,29 @@ from typing import Any
 
 import pytest
 
-from rollout.load.runner import LoadSpec, run_load
-from rollout.plan.model import MetricSource
 from tests.test_router import ENV, free_port, stop, wait_http
 
 FAULTY = Path(__file__).resolve().parent / "faulty_service.py"
 PLAIN = "from locust import FastHttpUser, between, task\n\nclass U(FastHttpUser):\n    wait_time = between(0.02, 0.05)\n\n" \
         "    @task\n    def ask(self):\n        self.client.get('/api/answer?q=x')\n"
+
+# Locust monkey-patches the process (gevent): the load runs in a child, as in the CLI, and prints what it recorded.
+LOAD = r"""
+import locust  # first
+import json, sys
+from pathlib import Path
+from rollout.load.runner import LoadSpec, run_load
+from rollout.plan.model import MetricSource
+
+a = json.loads(sys.argv[1])
+metrics = {n: MetricSource.model_validate({"json": f}) for n, f in a["metrics"].items()}
+spec = LoadSpec(locustfile=Path(a["locustfile"]), host=a["host"], users=2, spawn_rate=2, duration=1.5,
+                roles={"v1": "stable", "v2": "canary"}, max_requests=2000, metrics=metrics, only_role=a["only_role"])
+stats = run_load(spec, lambda s: False)
+print(json.dumps({"roles": {r: [v.requests, v.failures] for r, v in stats.by_role.items()},
+                  "last_failure": stats.last_failure,
+                  "values": {n: stats.metric(n, "all").count for n in a["metrics"]}}))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,34 +59,36 @@ def canaries() -> Any:
             stop(proc)
 
 
-def load(tmp_path: Path, port: int, **kw: Any) -> Any:
+def load(tmp_path: Path, port: int, only_role: str | None = None, metrics: dict[str, str] | None = None) -> dict[str, Any]:
     locustfile = tmp_path / "plain.py"
     locustfile.write_text(PLAIN)
-    spec = LoadSpec(locustfile=locustfile, host=f"http://127.0.0.1:{port}", users=2, spawn_rate=2, duration=1.5,
-                    roles={"v1": "stable", "v2": "canary"}, max_requests=2000, **kw)
-    return run_load(spec, lambda stats: False)
+    args = {"locustfile": str(locustfile), "host": f"http://127.0.0.1:{port}", "only_role": only_role, "metrics": metrics or {}}
+    r = subprocess.run([sys.executable, "-c", LOAD, json.dumps(args)], env=ENV, cwd=Path(__file__).resolve().parent.parent,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["roles"] = {role: tuple(v) for role, v in out["roles"].items()}
+    return out
 
 
 def test_unlabelled_answers_of_one_version_alone_are_that_versions(tmp_path: Path, canaries: dict[str, int]) -> None:
-    stats = load(tmp_path, canaries["noheader"], only_role="canary")
-    canary = stats.role("canary")
-    assert canary.requests >= 10 and canary.failures == canary.requests and stats.role("unknown").requests == 0
-    assert "500" in stats.last_failure["canary"]
-    stats = load(tmp_path, canaries["unlabelled"], only_role="canary")
-    assert stats.role("canary").requests >= 10 and stats.role("canary").failures == 0
-    stats = load(tmp_path, canaries["noheader"])  # load through an entry point: nobody can tell whose they are
-    assert stats.role("unknown").requests >= 10 and stats.role("canary").requests == 0
+    got = load(tmp_path, canaries["noheader"], only_role="canary")
+    requests, failures = got["roles"]["canary"]
+    assert requests >= 10 and failures == requests and got["roles"]["unknown"] == (0, 0)
+    assert "500" in got["last_failure"]["canary"]
+    got = load(tmp_path, canaries["unlabelled"], only_role="canary")
+    assert got["roles"]["canary"][0] >= 10 and got["roles"]["canary"][1] == 0
+    got = load(tmp_path, canaries["noheader"])  # load through an entry point: nobody can tell whose they are
+    assert got["roles"]["unknown"][0] >= 10 and got["roles"]["canary"] == (0, 0)
 
 
 def test_a_non_json_answer_fails_when_a_json_metric_is_declared(tmp_path: Path, canaries: dict[str, int]) -> None:
-    metrics = {"confidence": MetricSource.model_validate({"json": "confidence"})}
-    stats = load(tmp_path, canaries["garbage"], metrics=metrics)
-    canary = stats.role("canary")
-    assert canary.requests >= 10 and canary.failures == canary.requests
-    assert "the answer is not JSON" in stats.last_failure["canary"]
-    stats = load(tmp_path, canaries["garbage"])  # no json metric: the body is the locustfile's business
-    assert stats.role("canary").requests >= 10 and stats.role("canary").failures == 0
-    stats = load(tmp_path, canaries["unlabelled"], metrics={"missing": MetricSource.model_validate({"json": "no.such.field"})},
-                 only_role="canary")
-    assert stats.role("canary").requests >= 10 and stats.role("canary").failures == 0  # a missing field is no value
-    assert stats.metric("missing", "canary").count == 0 and stats.metric("missing", "all").count == 0
+    got = load(tmp_path, canaries["garbage"], metrics={"confidence": "confidence"})
+    requests, failures = got["roles"]["canary"]
+    assert requests >= 10 and failures == requests
+    assert "the answer is not JSON" in got["last_failure"]["canary"]
+    got = load(tmp_path, canaries["garbage"])  # no json metric: the body is the locustfile's business
+    assert got["roles"]["canary"][0] >= 10 and got["roles"]["canary"][1] == 0
+    got = load(tmp_path, canaries["unlabelled"], only_role="canary", metrics={"missing": "no.such.field"})
+    assert got["roles"]["canary"][0] >= 10 and got["roles"]["canary"][1] == 0  # a missing field is no value
+    assert got["values"] == {"missing": 0}
