@@ -13,6 +13,10 @@ canary process is killed with SIGKILL. Clocks (wall time, same machine):
 Baseline, in alternating rounds: the same run with the canary-alive check
 switched off in the CLI process (the gates alone, as before #10): the error
 gate (`max 2%`, `min_requests: 150`) has to see 150 canary requests first.
+
+`--fault-rounds N` also measures, for each fault of tests/faulty_service.py
+(a canary broken from its first request), the stage's start → all traffic on
+stable, with the same plan.
 """
 
 from __future__ import annotations
@@ -44,7 +48,10 @@ GATES_ALONE = (
 )
 
 
-def plan(d: Path, port: int) -> Path:
+FAULTS = ("hang", "reset", "raw", "garbage", "noheader")
+
+
+def plan(d: Path, port: int, fault: str | None = None) -> Path:
     svc = ROOT / "examples" / "service.py"
     p = {
         "name": "bench-canary-death",
@@ -61,6 +68,10 @@ def plan(d: Path, port: int) -> Path:
         },
         "stages": [{"name": "ten-percent", "weight": "10%", "duration": "60s"}],
     }
+    if fault:
+        faulty = ROOT / "tests" / "faulty_service.py"
+        p["target"]["versions"]["v2"] = {"command": f"{{python}} {faulty} --port {{port}} --version v2 --fault {fault} --latency 18"}
+        p["load"]["metrics"] = {"confidence": {"json": "confidence"}}  # garbage answers fail the plan's JSON promise
     path = d / "plan.yaml"
     path.write_text(yaml.safe_dump(p))
     return path
@@ -98,9 +109,9 @@ def watch(admin_port: int, entry_port: int, stop: threading.Event, out: dict[str
             time.sleep(0.01)
 
 
-def one_round(d: Path, gates_alone: bool) -> dict[str, float]:
+def one_round(d: Path, gates_alone: bool, fault: str | None = None) -> dict[str, Any]:
     port = free_port()
-    path = plan(d, port)
+    path = plan(d, port, fault)
     env = {**os.environ, "ROLLOUT_STATE_DIR": str(d / "state"), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-c", GATES_ALONE] if gates_alone else [sys.executable, "-m", "rollout"]
     proc = subprocess.Popen([*cmd, "run", str(path), "--version", "v2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -119,6 +130,15 @@ def one_round(d: Path, gates_alone: bool) -> dict[str, float]:
         router = st["backend"]["router"]
         watcher = threading.Thread(target=watch, args=(router["admin_port"], router["port"], stop, seen), daemon=True)
         watcher.start()
+        if fault:  # broken from its first request: the clock starts with the stage
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 1, out + err
+            time.sleep(0.3)
+            stage = state_of(path, env)
+            started = next(h["at"] for h in stage["history"] if h["action"] == "stage-started")
+            fail = next((v for v in (stage.get("past") or [{}])[-1].get("stages", [{}])[0].get("verdicts", []) if v["status"] == "fail"), {})
+            return {"stage_start_to_all_stable_s": seen.get("all_stable", float("nan")) - started, "failed_by": fail.get("gate", "?"),
+                    "reason": fail.get("message", "")[:120]}
         time.sleep(2.0)
         pid = st["backend"]["canary"]["pid"]
         killed = time.time()
@@ -156,6 +176,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10, help="rounds with the canary-alive check")
     ap.add_argument("--baseline-rounds", type=int, default=4, help="rounds with the gates alone, alternating")
+    ap.add_argument("--fault-rounds", type=int, default=0, help="rounds per fault of tests/faulty_service.py")
     a = ap.parse_args()
     rows: dict[str, list[dict[str, Any]]] = {"fail_closed": [], "gates_alone": []}
     order = ["fail_closed"] * a.rounds
@@ -166,12 +187,19 @@ def main() -> None:
             row = one_round(Path(d), gates_alone=kind == "gates_alone")
         rows[kind].append(row)
         print(f"round {n} ({kind}): " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    for fault in FAULTS if a.fault_rounds else ():
+        rows[f"fault_{fault}"] = []
+        for n in range(a.fault_rounds):
+            with tempfile.TemporaryDirectory() as d:
+                row = one_round(Path(d), gates_alone=False, fault=fault)
+            rows[f"fault_{fault}"].append(row)
+            print(f"fault {fault} round {n + 1}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     summary = {kind: summarize(r) for kind, r in rows.items() if r}
     if rows["gates_alone"]:
         summary["ratio_all_stable_median"] = round(summary["gates_alone"]["kill_to_all_stable_s"]["median"]
                                                    / summary["fail_closed"]["kill_to_all_stable_s"]["median"], 2)
     print(json.dumps(summary, indent=2))
-    save("canary_death", {"rounds": rows, "summary": summary})
+    save("canary_death" + ("_faults" if a.fault_rounds and not a.rounds else ""), {"rounds": rows, "summary": summary})
 
 
 if __name__ == "__main__":
