@@ -67,6 +67,11 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Loc
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
+StepTimeoutOpt = Annotated[Optional[str], typer.Option("--step-timeout", help="kubernetes: the deadline of each step (deploy, shift, promote, "
+                                                       "roll back), e.g. 10m; past it the command stops, exit 3 (default: target.step_timeout, "
+                                                       "else 2 × progress_deadline + 60s)", metavar="DURATION")]
+RequestTimeoutOpt = Annotated[Optional[str], typer.Option("--request-timeout", help="kubernetes: client-side timeout of each API request "
+                                                          "(default: target.request_timeout, 30s)", metavar="DURATION")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
 MetricsOpt = Annotated[Optional[str], typer.Option("--metrics-port", help="serve the tool's own Prometheus metrics on this port "
                                                  "(127.0.0.1; HOST:PORT to choose, e.g. 0.0.0.0:9464 in a pod)", metavar="[HOST:]PORT")]
@@ -82,9 +87,23 @@ def _images(image: list[str] | None, version: str | None) -> tuple[str, dict[str
     return parse(image, version)
 
 
-def _conn(kubeconfig: str | None, context: str | None, namespace: str | None) -> dict[str, str | None]:
-    """Connection overrides for the kubernetes backend (the local backend ignores them)."""
-    return {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
+def _conn(kubeconfig: str | None, context: str | None, namespace: str | None,
+          step_timeout: str | None = None, request_timeout: str | None = None) -> dict[str, Any]:
+    """Connection overrides and time bounds for the kubernetes backend (the local backend ignores them)."""
+    conn: dict[str, Any] = {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
+    for flag, value in (("--step-timeout", step_timeout), ("--request-timeout", request_timeout)):
+        if value is not None:
+            from rollout.errors import UsageError
+            from rollout.plan.units import parse_duration
+
+            try:
+                secs = parse_duration(value)
+            except ValueError:
+                secs = float("nan")
+            if not 0 < secs <= 86400:  # NaN fails too
+                raise UsageError(f"{flag} {value!r} is not a duration between 0 and 24h", f"give e.g. {flag} 90s or {flag} 10m")
+            conn[flag[2:].replace("-", "_")] = secs
+    return conn
 
 
 def _load(plan: str) -> Any:
@@ -219,7 +238,8 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
         workers: WorkersOpt = None, metrics_port: MetricsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
@@ -227,7 +247,7 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
     from rollout.report.outputs import ReportPaths
 
-    conn = _conn(kubeconfig, context, namespace)
+    conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
     while wait and code == EXIT_PAUSED:
@@ -272,13 +292,14 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
 
 @app.command()
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+            context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
             workers: WorkersOpt = None, metrics_port: MetricsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
-    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
+    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
 
 
@@ -406,38 +427,43 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
 
 @app.command()
 def approve(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Say no to a stage awaiting review (or approval): roll back now (exit 1)."""
-    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Stop the rollout in progress: all traffic to stable, canary stopped."""
-    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
         to_revision: Annotated[Optional[int], typer.Option("--to-revision", min=1, help="back to this older revision (`rollout status -o json` lists them: state.revisions), without running stages")] = None) -> int:
     """Whatever the state: all traffic back to the last known-good version (or --to-revision N), canary stopped."""
-    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
-    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()

@@ -76,7 +76,10 @@ def parse_gate(expr: str, min_requests: int = 100) -> tuple[str, Gate]:
     except ValueError as exc:
         raise UsageError(f"--gate {expr!r}: limit `{limit}` is not valid for {word}: expected {exc}", f"write it {EXAMPLES}") from None
     name = f"{'errors' if metric == 'error_rate' else metric}<{limit}"
-    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests)
+    # `--gate` keeps the fixed rule its `--min-requests` flag describes ("judge after N requests"): a CI gate
+    # of a few seconds must end passed or failed, and a sequential PASS needs hundreds of requests. A plan's
+    # absolute gates (`rollout gate PLAN`) follow the plan: sequential unless it says `method: threshold`.
+    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests, method="threshold")
 
 
 def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
