@@ -55,6 +55,7 @@ STRATEGIC = "application/strategic-merge-patch+json"
 VERSION_ANNOTATION = "rollout.dev/version"
 GW = ("gateway.networking.k8s.io", "v1")
 MAX_TEMPLATES = 20  # pod templates kept for `revert --to-revision` (as many as state.revisions)
+PROBE_TIMEOUT = 3.0  # the per-tick canary probe (fail closed): a slow API server skips a tick, it does not stall the stage
 REVERT_HINT = "`rollout revert` puts all traffic back on stable"
 STEP_MARGIN = 60.0  # seconds beyond two progress deadlines in the default step deadline
 
@@ -462,7 +463,8 @@ class KubernetesBackend:
         if not rec:
             return CanaryProbe(state.canary_version)
         name = self.target.deployments.canary
-        dep = self._get(name)
+        with self.kube.deadline("checking the canary's ready pods", PROBE_TIMEOUT):  # never holds up the tick for long
+            dep = self._get(name)
         want = int((dep.get("spec") or {}).get("replicas", 1) or 0)
         ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
         down = None
