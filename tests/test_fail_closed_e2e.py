@@ -48,7 +48,8 @@ def assert_rolled_back(ro: Any, r: Any, *words: str) -> dict[str, Any]:
     stage = state["stages"][-1]
     assert stage["status"] == "failed"
     failed = [v for v in stage["verdicts"] if v["status"] == "fail"]
-    assert failed and failed[0]["gate"] == "canary-alive", failed  # (a gate may fail in the same tick)
+    # the canary-alive check, or a gate that saw the failures first (the sequential error gate needs ~10 requests)
+    assert failed and failed[0]["gate"] in ("canary-alive", "errors"), failed
     for word in words:
         assert word in state["reason"], state["reason"]
     assert live["canary"] is None and live["router"]["live"]["weight"] == 0 and live["router"]["live"]["canary"] is None
@@ -65,9 +66,9 @@ def at(state: dict[str, Any], action: str) -> float:
     "fault, words",
     [
         ("hang", ["stopped answering: 0 of", "still waiting"]),
-        ("reset", ["stopped answering: 0 of", "reset"]),
-        ("raw", ["stopped answering: 0 of", "malformed"]),
-        ("noheader", ["stopped serving: 0 of", "500", "without the version header"]),
+        ("reset", ["0 of", "reset"]),
+        ("raw", ["0 of", "malformed"]),
+        ("noheader", ["500", "without the version header"]),
     ],
 )
 def test_a_broken_canary_in_a_ten_percent_stage_is_rolled_back_at_once(rollout_env: Any, fault: str, words: list[str]) -> None:
@@ -88,7 +89,7 @@ def test_a_canary_answering_garbage_fails_a_plan_with_a_json_metric(rollout_env:
     ro = rollout_env([TEN], gates=gates, versions={"v1": service("v1"), "v2": faulty("v2", "garbage")},
                      metrics={"confidence": {"json": "confidence"}}, locustfile=str(plain))
     r = ro("run", "--version", "v2")
-    state = assert_rolled_back(ro, r, "stopped serving: 0 of", "the answer is not JSON")
+    state = assert_rolled_back(ro, r, "the answer is not JSON")
     stage = state["stages"][-1]
     assert stage["ended_at"] - stage["started_at"] < DETECT_WITHIN
     assert stage["stats"]["stable"]["failures"] == 0  # stable's JSON answers are fine: only the garbage fails
@@ -120,8 +121,9 @@ def test_a_canary_killed_mid_stage_is_rolled_back_within_seconds(rollout_env: An
 
 def test_a_slow_unlabelled_but_healthy_canary_is_still_promoted(rollout_env: Any) -> None:
     """150 ms answers (within a 250 ms p95 limit), no version header of its own: no false failure."""
-    gates = {"errors": {"metric": "error_rate", "max": "2%", "min_requests": 40},
-             "p95-slo": {"metric": "p95", "max": "250ms", "min_requests": 40}}
+    # threshold gates: 5 s of 150 ms answers is too little for a sequential test to pass 0 % credibly against 2 %
+    gates = {"errors": {"metric": "error_rate", "max": "2%", "min_requests": 40, "method": "threshold"},
+             "p95-slo": {"metric": "p95", "max": "250ms", "min_requests": 40, "method": "threshold"}}
     stages = [{**PREFLIGHT, "duration": "5s", "gates": {}}, {"name": "half", "weight": 50, "duration": "5s"}]
     ro = rollout_env(stages, gates=gates, versions={"v1": service("v1"), "v2": faulty("v2", "unlabelled", latency="150")})
     r = ro("run", "--version", "v2")

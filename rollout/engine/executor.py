@@ -311,6 +311,8 @@ class Engine:
         if critical:
             rec.status = StageStatus.FAILED
             rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in critical)
+            if not any(v.gate == liveness.NAME for v in critical) and (evidence := alive.describe(stats)):
+                rec.reason += f" ({evidence})"  # the fault, named even when a gate saw it first
             self.out.stage_done(rec)
             self.save()
             self.notifier.emit("gate-failed", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}; rolling back to {st.stable_version}",

@@ -166,6 +166,26 @@ class CanaryLiveness:
             msg = f"{who} answering: {n - failures} of {n} requests to it succeeded in the last {span:.0f} s"
         return Verdict(NAME, status, msg, "canary", None, None, router[0] if router else 0)
 
+    def describe(self, stats: StageStats) -> str:
+        """What happened to the canary's requests during the stage, when something went wrong with them:
+        appended to the reason of a stage that a gate failed first, so that the reason still names the fault."""
+        who = f"canary {self.canary}" if self.canary else "canary"
+        parts = []
+        c = stats.router.get("canary")
+        if c and c.get("routed"):
+            kinds = {k: c.get(k, 0) for k in FAILURE_KINDS if c.get(k)}
+            if c.get("in_flight"):
+                kinds["still waiting"] = c["in_flight"]
+            if c.get("no_header"):
+                kinds["without the version header"] = c["no_header"]
+            if kinds:
+                parts.append(f"{c.get('answered', 0)} of {c['routed']} requests routed to it answered ("
+                             + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
+        last = stats.last_failure.get("canary")
+        if last:
+            parts.append(f"last failure: {last}")
+        return f"{who} in this stage: " + "; ".join(parts) if parts else ""
+
     def _stable_silent_too(self, base: _Snapshot, now: _Snapshot) -> bool:
         got = self._router_window(base, now, "stable")
         return got is not None and got[0] >= self.min_routed and got[1] == 0
