@@ -61,9 +61,9 @@ def plan(d: Path, port: int, fault: str | None = None) -> Path:
             "v2": {"command": f"{{python}} {svc} --port {{port}} --version v2 --latency 18ms --error-rate 0.1%"},
         }},
         "load": {"locustfile": str(ROOT / "locustfiles" / "answer.py"), "users": 30, "spawn_rate": 30, "max_requests": 100000},
-        "gates": {  # examples/plan.yaml's
-            "errors": {"metric": "error_rate", "max": "2%", "min_requests": 150},
-            "p95-slo": {"metric": "p95", "max": "250ms"},
+        "gates": {  # examples/plan.yaml's as #10 found them: the threshold rule, judged from min_requests on
+            "errors": {"metric": "error_rate", "max": "2%", "min_requests": 150, "method": "threshold"},
+            "p95-slo": {"metric": "p95", "max": "250ms", "method": "threshold"},
             "p95-vs-stable": {"metric": "p95", "compare": "stable", "max_increase": "50%", "min_requests": 150},
         },
         "stages": [{"name": "ten-percent", "weight": "10%", "duration": "60s"}],

@@ -23,8 +23,7 @@ window (something they share is down; the gates and health checks say so).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
@@ -58,7 +57,6 @@ class _Snapshot:
     t: float
     client: dict[str, tuple[int, int]]  # role -> (requests, failures), as the load generator charged them
     router: dict[str, dict[str, int]] | None  # role -> the router's counters for that role's version
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _delta(now: dict[str, int], then: dict[str, int] | None, key: str) -> int:
