@@ -47,6 +47,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rollout import __version__
+
+        print(f"rollout {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="print rollout's version and exit")] = False) -> None:
+    """Staged rollouts with real load and gates: shift traffic stage by stage, load it with Locust, judge every second, roll back by itself."""
+
+
 class Output(str, Enum):
     text = "text"
     json = "json"
@@ -63,6 +77,8 @@ JunitOpt = Annotated[Optional[str], typer.Option("--junit", help="write a JUnit 
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="write the full JSON report (re-render it with `rollout report`)", metavar="FILE")]
 MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)", metavar="FILE")]
 HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
+TagsOpt = Annotated[Optional[list[str]], typer.Option("--tags", help="run only tasks with this @tag (repeatable; overrides load.tags), as `locust --tags`", metavar="TAG")]
+ExcludeTagsOpt = Annotated[Optional[list[str]], typer.Option("--exclude-tags", help="skip tasks with this @tag (repeatable; overrides load.exclude_tags)", metavar="TAG")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
@@ -73,6 +89,7 @@ StepTimeoutOpt = Annotated[Optional[str], typer.Option("--step-timeout", help="k
 RequestTimeoutOpt = Annotated[Optional[str], typer.Option("--request-timeout", help="kubernetes: client-side timeout of each API request "
                                                           "(default: target.request_timeout, 30s)", metavar="DURATION")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or event lines: only the outcome (and errors)")]
 MetricsOpt = Annotated[Optional[str], typer.Option("--metrics-port", help="serve the tool's own Prometheus metrics on this port "
                                                  "(127.0.0.1; HOST:PORT to choose, e.g. 0.0.0.0:9464 in a pod)", metavar="[HOST:]PORT")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option("--image", help="kubernetes: CONTAINER=IMAGE for the canary, repeatable (instead of the plan's version images; "
@@ -113,7 +130,9 @@ def _load(plan: str) -> Any:
 
 
 def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False, conn: dict[str, str | None] | None = None,
-            images: tuple[str, dict[str, str]] | None = None) -> Any:
+            request: Any = None) -> Any:
+    """(loaded plan, store, engine factory). With `request` (a rollout.inputs.DriveRequest: run/advance), every
+    input is checked against the plan and the recorded state first, before any lock or write."""
     if with_load:
         import rollout.load.runner as runner  # first: locust must patch before ssl is imported
 
@@ -127,15 +146,18 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     from rollout.engine.state import actor
     from rollout.report.console import ConsoleReporter
 
-    if images and loaded.plan.target.backend != "kubernetes":
-        from rollout.errors import UsageError
-
-        raise UsageError(f"--image sets container images, which the {loaded.plan.target.backend} backend has not",
-                         "use --version with a version of the plan's target.versions")
     backend, store = factory.make(loaded, state_dir, **(conn or {}))
-    if images:
-        backend.set_images(*images)
-    return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+    if request is not None:
+        request.check(loaded, store.load())
+        if request.images:
+            backend.set_images(*request.images)
+
+    def make_engine() -> Any:
+        engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+        engine.state.plan_info = factory.plan_info(loaded)  # saved with the engine's first write (for `rollout list`)
+        return engine
+
+    return loaded, store, make_engine
 
 
 def _finish(outcome: Any) -> int:
@@ -158,6 +180,19 @@ def validate(plan: PlanArg, output: OutputOpt = Output.text) -> int:
             print(json.dumps({"valid": False, "file": exc.file, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
             return EXIT_BAD_INPUT
         raise
+    if loaded.plan.load.runner == "local":  # the locustfile, imported in a subprocess with a timeout (rollout.load.check)
+        from rollout.errors import PlanIssue
+        from rollout.load.check import problems
+        from rollout.plan.loader import _line_for, parse_yaml, path_str
+
+        found = problems(loaded)
+        if found:
+            _data, lines = parse_yaml(loaded.path.read_text(encoding="utf-8"), plan)
+            exc = PlanInvalid(plan, [PlanIssue(plan, _line_for(loc, lines), path_str(loc), what, expected) for loc, what, expected in found])
+            if output is Output.json:
+                print(json.dumps({"valid": False, "file": plan, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
+                return EXIT_BAD_INPUT
+            raise exc
     if output is Output.json:
         print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan)}, indent=2))
     else:
@@ -193,11 +228,17 @@ def _exporter(plan_name: str, metrics: str | None) -> Any:
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None, metrics: str | None = None) -> int:
-    images = _images(image, version)
-    if images:
-        version = images[0]
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn, images=images)
+           workers: int | None = None, quiet: bool = False, metrics: str | None = None,
+           tags: list[str] | None = None, exclude_tags: list[str] | None = None) -> int:
+    from rollout.inputs import DriveRequest
+
+    request = DriveRequest(verb, version, image)
+    early = _load(plan)
+    if early.plan.target.backend == "local":  # no ssl involved: a typo fails at once, before locust is even imported
+        from rollout.backends import factory
+
+        request.check(early, factory.make_store(early, state_dir).load())
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn, request=request)
     if loaded.plan.load.runner == "kubernetes":
         from rollout.errors import UsageError
 
@@ -206,8 +247,10 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             "served a request, so it cannot judge a canary against stable",
             f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
         )
+    _check_locustfile(loaded, tags, exclude_tags)  # bad locustfile, shape, tag or option: exit 2 before any traffic moves
     with store.lock(verb, force=force):
         engine = make_engine()
+        engine.tags, engine.exclude_tags = tags, exclude_tags
         import time
 
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
@@ -225,15 +268,36 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             engine.out = MetricsReporter(engine.out, exporter, engine)
             exporter.rollout(engine.state)
         started = time.time()
+        quit_code = 3
         try:
-            outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+            outcome = engine.drive(request.version, from_cli=request.from_cli, one_stage=one_stage)
+            quit_code = int(outcome.exit_code)
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
+            from rollout.load.session import close_all
+
+            close_all(quit_code)  # `quitting` and `quit(exit_code)` once per process, as `locust` fires them
             engine.finish_alerts()
             if exporter is not None:
                 exporter.rollout(engine.state)
                 exporter.close()
+
+
+def _check_locustfile(loaded: Any, tags: list[str] | None, exclude_tags: list[str] | None) -> None:
+    """Import the plan's locustfile (once per process) and check every stage's shape, the tags and options."""
+    from rollout.load.runner import LoadSpec
+    from rollout.load.session import check
+
+    plan = loaded.plan
+    load = plan.load
+    for i in range(len(plan.stages)):
+        t = tags if tags is not None else load.tags
+        x = exclude_tags if exclude_tags is not None else load.exclude_tags
+        check(LoadSpec(locustfile=loaded.resolve(load.locustfile), host="http://127.0.0.1", users=plan.stage_users(i),
+                       spawn_rate=plan.stage_spawn_rate(i), duration=plan.stages[i].duration, shape=plan.stage_shape(i),
+                       tags=tuple(t) if t is not None else None, exclude_tags=tuple(x) if x is not None else None,
+                       options=tuple(load.options.items())))
 
 
 @app.command()
@@ -241,7 +305,7 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
         context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None, metrics_port: MetricsOpt = None,
+        workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None, tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
@@ -249,13 +313,15 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
 
     conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port,
+                  tags=tags, exclude_tags=exclude_tags)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
-                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, metrics=metrics_port)
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, quiet=quiet, metrics=metrics_port,
+                  tags=tags, exclude_tags=exclude_tags)
     return code
 
 
@@ -295,12 +361,14 @@ def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = 
             context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-            workers: WorkersOpt = None, metrics_port: MetricsOpt = None) -> int:
+            workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None, tags: TagsOpt = None,
+            exclude_tags: ExcludeTagsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port,
+                  tags=tags, exclude_tags=exclude_tags)
 
 
 @app.command()
@@ -316,8 +384,13 @@ def gate(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Locust worker processes (0: load in this process; default: load.workers)")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="a JSON report (--json) of an earlier release to compare with", metavar="REPORT.json")] = None,
     baseline_exprs: Annotated[Optional[list[str]], typer.Option("--baseline-gate", help="vs --baseline: 'p95<+10%', 'errors<+0.5pt' (repeatable)", metavar="EXPR")] = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="the locustfile's LoadTestShape class that drives the users "
+                                                 "(default: load.shape; without a plan the locustfile's own shape, as `locust`; none: --users)", metavar="CLASS")] = None,
+    tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
     junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+    version_header: Annotated[Optional[str], typer.Option("--version-header", help="the response header naming the version that "
+                                                          "served a request (overrides load.version_header; default X-Version)")] = None,
 ) -> int:
     """Load a URL with the gates and say pass (0) or fail (1); no traffic moves. Exit 3: target unreachable."""
     import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
@@ -327,7 +400,8 @@ def gate(
     from rollout.report.outputs import ReportPaths
 
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
-                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [])
+                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [],
+                   version_header=version_header, shape=shape, tags=tags, exclude_tags=exclude_tags)
 
 
 @app.command()
@@ -356,8 +430,12 @@ def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, o
     from rollout.backends.kubernetes import dryrun
     from rollout.errors import UsageError
 
-    images = _images(image, version)
     loaded = _load(plan)
+    if version is not None:
+        from rollout.inputs import check_version_text, valid_versions
+
+        check_version_text(version, valid_versions(loaded, None))
+    images = _images(image, version)
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends import factory
 
@@ -376,13 +454,42 @@ def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, o
     return EXIT_OK
 
 
+def _duration_opt(flag: str, text: str) -> float:
+    from rollout.errors import UsageError
+    from rollout.plan.units import parse_duration
+
+    try:
+        return parse_duration(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a duration", "expected a duration such as 30s, 5m or 1h") from None
+
+
 @app.command()
 def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-           context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
-    """Phase, traffic split, verdicts and history; what is live right now. Takes no lock."""
+           context: ContextOpt = None, namespace: NamespaceOpt = None,
+           watch: Annotated[bool, typer.Option("--watch", "-w", help="redraw every second until the rollout ends or waits for a person; "
+                                               "exit 0 promoted/idle, 1 rolled back/aborted, 4 waiting for a person, 5 --timeout")] = False,
+           timeout: Annotated[Optional[str], typer.Option("--timeout", help="with --watch: stop watching after this long (exit 5), e.g. 10m",
+                                                          metavar="DURATION")] = None) -> int:
+    """Phase, traffic split, verdicts and history; what is live right now (--watch: live, until it ends). Takes no lock."""
     loaded = _load(plan)
     from rollout.backends import factory
     from rollout.report.tables import status_dict, status_text
+
+    if watch or timeout is not None:
+        from rollout.errors import UsageError
+
+        if not watch:
+            raise UsageError("--timeout needs --watch", "add --watch")
+        if output is Output.json:
+            raise UsageError("--watch draws for people and cannot write JSON", "use `rollout status -o json` without --watch")
+        limit = _duration_opt("--timeout", timeout) if timeout is not None else None
+        from rollout.backends.liveness import lock_holder
+        from rollout.report.status_watch import Watcher
+
+        store = factory.make_store(loaded, state_dir, **_conn(kubeconfig, context, namespace))
+        return Watcher(loaded.plan, store.load, lambda: lock_holder(store), store.location(), sys.stdout,
+                       tty=sys.stdout.isatty(), timeout=limit).run()
 
     backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
     state = store.load()
@@ -391,6 +498,57 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
         print(json.dumps(status_dict(state, live, store.location()), indent=2, default=str))
     else:
         print(status_text(loaded.plan, state, live, store.location()))
+    return EXIT_OK
+
+
+@app.command(name="list")
+def list_rollouts(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="plan files, state files or directories to search (default: . and $ROLLOUT_STATE_DIR)",
+                                                         metavar="PATHS")] = None,
+    output: OutputOpt = Output.text, state_dir: StateDirOpt = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", "-k", help="list the rollout state ConfigMaps of a cluster's namespace instead "
+                                             "(implied by -A, --namespace, --context, --kubeconfig)")] = False,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="kubernetes: every namespace")] = False,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+) -> int:
+    """Every rollout: name, owner, phase, stage, stable → canary, since (local: plans and state found on disk; -k: a cluster's)."""
+    import os
+
+    from rollout.report.listing import render, row
+
+    rows: list[dict[str, Any]] = []
+    if kubernetes or all_namespaces or namespace or context or kubeconfig:
+        if paths:
+            from rollout.errors import UsageError
+
+            raise UsageError("PATHS are for local rollouts; the cluster's are found by their labels", "leave out the paths, or -k and its flags")
+        from rollout.backends.kubernetes.client import connect
+        from rollout.backends.kubernetes.listing import list_states
+
+        kube = connect(kubeconfig, context, namespace)
+        for f in sorted(list_states(kube, all_namespaces), key=lambda f: (f.namespace, f.plan)):
+            rows.append(row(f.plan, f.state, f.location, namespace=f.namespace, problem=f.problem))
+        empty = f"No rollout recorded in {'any namespace' if all_namespaces else 'namespace ' + kube.namespace}."
+    else:
+        from rollout.backends.local.listing import search
+
+        env_dir = os.environ.get("ROLLOUT_STATE_DIR")
+        where = list(paths) if paths else ["."] + [d for d in (state_dir, env_dir) if d and os.path.isdir(d)]
+        found = search(where, state_dir)
+        for f in found.found:
+            name = f.plan.name if f.plan is not None else (f.state.plan if f.state is not None else f.state_file.parent.name)  # type: ignore[attr-defined,union-attr]
+            loc = str(f.state_file) if f.state_file is not None else "(no state yet)"
+            rows.append(row(name, f.state, loc, plan=f.plan, plan_path=str(f.plan_path) if f.plan_path else None, problem=f.problem))
+        rows.sort(key=lambda r: (r["name"], r["location"]))
+        for skipped in found.other_backends:
+            print(f"note: {skipped} is a plan for another backend: `rollout list -k` lists a cluster's rollouts", file=sys.stderr)
+        for bad in found.invalid:
+            print(f"note: skipped an invalid plan: {bad}", file=sys.stderr)
+        empty = f"No rollout plan or state found under {', '.join(where)}."
+    if output is Output.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render(rows) if rows else empty)
     return EXIT_OK
 
 
@@ -426,11 +584,11 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
 
 
 @app.command()
-def approve(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+def approve(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
@@ -462,8 +620,35 @@ def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None,
 def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
-    """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
+    """Stop every process the local backend started for this plan (rolls back a rollout in progress).
+    With --force and an unreadable state: stop the plan's processes found by their marker, move the state aside."""
+    if force and _down_without_state(plan, state_dir):
+        return EXIT_OK
     return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
+
+
+def _down_without_state(plan: str, state_dir: str | None) -> bool:
+    """`down --force` when the local state cannot be read: every process carrying this plan's marker
+    (a /proc scan, see backends/local/processes.py) is stopped and the state file moved aside. False
+    when the state is readable (or the backend is not local): the normal `down` applies."""
+    from rollout.backends import factory
+    from rollout.errors import StateError
+
+    loaded = _load(plan)
+    if loaded.plan.target.backend != "local":
+        return False
+    backend, store = factory.make(loaded, state_dir)
+    try:
+        store.load()
+        return False
+    except StateError as exc:
+        print(f"• the state is unusable ({exc.what}); stopping the plan's processes by their marker", file=sys.stderr)
+    with store.lock("down", force=True):
+        stopped = backend.down_by_marker()
+        aside = store.move_aside()
+    print(f"• down: stopped {len(stopped)} process(es) of `{loaded.plan.name}` found by their marker"
+          + (f" ({', '.join(map(str, stopped))})" if stopped else "") + (f"; the unusable state was moved to {aside}" if aside else ""))
+    return True
 
 
 @app.command()

@@ -16,6 +16,12 @@ def state_dir(loaded: LoadedPlan, override: str | None = None) -> Path:
     return base / loaded.plan.name
 
 
+def plan_info(loaded: LoadedPlan) -> dict[str, Any]:
+    """What `rollout list` shows of a plan when only its state is found (a ConfigMap, a bare state directory)."""
+    p = loaded.plan
+    return {"owner": p.owner.name, "contact": p.owner.contact, "stages": [s.name for s in p.stages], "backend": p.target.backend}
+
+
 def make(loaded: LoadedPlan, state_dir_override: str | None = None, *, kubeconfig: str | None = None,
          context: str | None = None, namespace: str | None = None, step_timeout: float | None = None,
          request_timeout: float | None = None) -> tuple[Any, Any]:

@@ -38,6 +38,7 @@ from rollout.load.stats import StageStats
 from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import Stage
+from rollout.testing.killpoints import kill_point  # test-only crash points; inert unless a test sets them
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
 
@@ -63,6 +64,12 @@ class Outcome:
     exit_code: int = EXIT_OK
 
 
+def canary_started(state: State) -> bool:
+    """Whether the rollout in progress ever had its canary up: deployed, or a stage recorded."""
+    since = state.started_at or 0.0
+    return bool(state.stages) or any(h.action == "deployed" and h.at >= since for h in state.history)
+
+
 class Engine:
     def __init__(
         self,
@@ -82,6 +89,8 @@ class Engine:
         self.out = reporter
         self.who = who
         self.load_runner = load_runner
+        self.tags: list[str] | None = None  # --tags / --exclude-tags on run/advance (over load.tags)
+        self.exclude_tags: list[str] | None = None
         self.clock = clock
         self.state: State = self._load()
         backend.checkpoint = self.save
@@ -189,6 +198,7 @@ class Engine:
         st.started_at = self.clock()
         self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
         self.save()
+        kill_point("start-saved")
         self.backend.deploy_canary(st, version)
         self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
         self.save()
@@ -204,7 +214,9 @@ class Engine:
         st = self.state
         st.transition = Transition("shift", split, self.clock(), os.getpid(), self.who)
         self.save()
+        kill_point("shift-saved")
         self.backend.apply_split(st, split)
+        kill_point("shift-applied")
         st.split = split
         st.transition = None
         self._audit("shift", f"traffic: {split.describe()} ({why})")
@@ -248,8 +260,11 @@ class Engine:
         st.phase = Phase.PROGRESSING
         st.reason = f"stage {i + 1}/{n} `{stage.name}` running"
         where = "the canary alone" if stage.load_to == "canary" else "the entry point"
-        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
+        shape = self.plan.stage_shape(i)
+        users = f"shape {shape} drives the users" if shape else f"{self.plan.stage_users(i)} users"
+        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {users} to {where} for {stage.duration:g}s")
         self.save()
+        kill_point("stage-started")
 
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
@@ -337,6 +352,7 @@ class Engine:
         self.out.stage_done(rec)
         self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)
         self.save()
+        kill_point("stage-passed")
         return "passed"
 
     def _canary_probe(self) -> liveness.CanaryProbe | None:
@@ -371,6 +387,11 @@ class Engine:
             max_requests=load.max_requests,
             metrics=dict(load.metrics),
             only_role="canary" if stage.load_to == "canary" else None,
+            shape=self.plan.stage_shape(i),
+            tags=tuple(self.tags if self.tags is not None else load.tags) if (self.tags is not None or load.tags is not None) else None,
+            exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)
+            if (self.exclude_tags is not None or load.exclude_tags is not None) else None,
+            options=tuple(load.options.items()),
         )
 
     # -- ending ----------------------------------------------------------------
@@ -383,6 +404,7 @@ class Engine:
         st.transition = Transition(action, ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit(action, reason)
         self.save()
+        kill_point(f"{action}-saved")
         self._complete_rollback()
 
     def _complete_rollback(self) -> None:
@@ -392,13 +414,17 @@ class Engine:
         self.backend.apply_split(st, ALL_STABLE)
         st.split = ALL_STABLE
         self.save()
+        kill_point("rollback-routed")
         self.backend.stop_canary(st)
+        kill_point("rollback-stopped")
         st.transition = None
         done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
         self._audit("stable", done)
         self.notifier.emit(ALERT_FOR_ROLLBACK.get(cause, "rolled-back"), f"{done} — {st.reason}", self._alert_details(reason=st.reason))
-        if st.canary_version:  # a rollout ended here (not a revert of an already finished one)
+        if st.canary_version and canary_started(st):  # a rollout ended here (not a revert of an already finished one)
             self._archive(st.phase.value)
+        else:  # a canary that never came up is no rollout to keep in history (the audit trail keeps what happened)
+            st.canary_version = None
         self.save()
 
     def _promote(self) -> None:
@@ -406,11 +432,13 @@ class Engine:
         st.transition = Transition("promote", ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit("promote", f"promoting {st.canary_version}: all stages passed")
         self.save()
+        kill_point("promote-saved")
         self._complete_promote()
 
     def _complete_promote(self) -> None:
         st = self.state
         self.backend.promote(st)
+        kill_point("promote-done")
         if st.canary_version and st.stable_version != st.canary_version:
             previous = st.stable_version
             st.stable_version = st.canary_version
@@ -463,18 +491,19 @@ class Engine:
 
     # -- the other verbs -------------------------------------------------------
 
-    def approve(self) -> Outcome:
+    def approve(self, reason: str = "") -> Outcome:
         st = self.state
+        why = f": {reason}" if reason else ""
         if st.phase is Phase.AWAITING_REVIEW:
             name = self.plan.stages[st.stage_index].name
-            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}")
+            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}{why}")
             return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
         action = decide(self.plan, st, now=self.clock())
         if action.kind is not Kind.WAIT_APPROVAL or action.stage is None:
             raise UsageError(f"nothing is waiting for approval ({st.phase.value}: {st.reason or 'no rollout in progress'})", "see `rollout status`")
         st.approved.append(action.stage)
         st.phase = Phase.PROGRESSING
-        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}"
+        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}{why}"
         self._audit("approve", st.reason)
         self.save()
         return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")

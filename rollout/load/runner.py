@@ -26,7 +26,6 @@ from typing import Any
 import gevent
 from locust import FastHttpUser, HttpUser, User
 from locust.env import Environment
-from locust.util.load_locustfile import load_locustfile
 
 from rollout import metrics
 from rollout.errors import LoadError
@@ -34,6 +33,12 @@ from rollout.load.stats import StageStats, VersionStats
 
 COHORT_KEY = "rollout_cohort"
 TICK_SECONDS = 1.0
+NO_REQUEST_SECONDS = 10.0
+
+
+def no_requests_error(seconds: float) -> LoadError:
+    return LoadError(f"the locustfile made no requests in {seconds:.0f} s",
+                     "check its tasks, wait_time and event listeners (run it with `locust -f FILE --headless` to compare)")
 
 
 @dataclass(frozen=True)
@@ -54,22 +59,21 @@ class LoadSpec:
     # -- fail closed: the role every request goes to when the load goes to one version alone (load_to:
     # canary): a response without the version header, or no response at all, is that version's
     only_role: str | None = None
+    # --- locust-native (#9): what `locust --headless` would be given (rollout.load.session) ---
+    shape: str | None = None  # a LoadTestShape class of the locustfile drives users and spawn rate
+    tags: tuple[str, ...] | None = None
+    exclude_tags: tuple[str, ...] | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # the locustfile's own options (load.options), to parsed_options
+    endpoint_stats: bool = True  # per-endpoint rows and failure messages (rollout.load.endpoints)
+    no_request_timeout: float = NO_REQUEST_SECONDS  # no request at all by then: the load is broken (exit 3)
+    # --- end locust-native ---
 
 
 def load_user_classes(path: Path) -> list[type[User]]:
-    """The concrete User classes of a locustfile, or a LoadError saying what is wrong with it."""
-    if not path.is_file():
-        raise LoadError(f"locustfile {path} does not exist", "fix load.locustfile in the plan")
-    try:
-        classes, _shapes = load_locustfile(str(path))
-    except SystemExit as exc:  # locust exits on some import problems
-        raise LoadError(f"locustfile {path} could not be loaded (exit {exc.code})", "run it with `locust -f` to see why") from None
-    except Exception as exc:
-        raise LoadError(f"locustfile {path} failed to import: {type(exc).__name__}: {exc}", "fix the locustfile; `python -c 'import ...'` shows the traceback") from None
-    users = [c for c in classes.values() if not getattr(c, "abstract", False)]
-    if not users:
-        raise LoadError(f"locustfile {path} defines no User class", "define a class deriving from locust's HttpUser or FastHttpUser")
-    return users
+    """The concrete User classes of a locustfile (imported once per process), or LocustfileInvalid (exit 2)."""
+    from rollout.load.session import load
+
+    return load(path).user_classes
 
 
 def _with_host(cls: type[User], host: str, cohort: tuple[str, str] | None, weight: float) -> type[User]:
@@ -121,6 +125,12 @@ class Recorder:
         self.json_metrics = [(n, m.json_field.split(".")) for n, m in spec.metrics.items() if m.json_field]
         self.header_metrics = [(n, m.header) for n, m in spec.metrics.items() if m.header]
         self.custom_metrics = {n for n, m in spec.metrics.items() if m.custom}
+        # --- locust-native (#9) ---
+        from rollout.load.endpoints import EndpointStats
+
+        self.endpoints: EndpointStats | None = EndpointStats() if spec.endpoint_stats else None
+        self.stats.endpoints = self.endpoints
+        # --- end locust-native ---
 
     def role_of(self, response: Any, version: str | None = None) -> str:
         if version is None and response is not None:
@@ -202,6 +212,8 @@ class Recorder:
             key = f"other->{role}"
         routing = self.stats.cohort_routing
         routing[key] = routing.get(key, 0) + 1
+        if self.endpoints is not None:  # locust-native (#9): per-endpoint rows and failure messages
+            self.endpoints.add(role, request_type, name, ms, exception)
 
     def roll_second(self, t: float) -> None:
         """Close the current one-second bucket into the timeline (for reports and plots)."""
@@ -275,9 +287,12 @@ def _r(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 3)
 
 
-def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Callable[[StageStats], bool], start: float) -> float:
+def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Callable[[StageStats], bool], start: float,
+                    ended: Callable[[], bool] | None = None) -> float:
     """The one load loop (in-process and master/worker): a tick a second until the stage's time or
-    request bound is reached or `on_tick` says stop. Returns the elapsed seconds."""
+    request bound is reached, the shape ended (`ended`) or `on_tick` says stop. Returns the elapsed seconds.
+
+    No request at all after `spec.no_request_timeout` seconds is a broken load, not a slow one: LoadError."""
     next_tick = start + TICK_SECONDS
     while True:
         now = time.monotonic()
@@ -286,44 +301,98 @@ def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Ca
             return elapsed
         if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
             return elapsed
+        if ended is not None and ended():
+            return elapsed
         if now >= next_tick:
             next_tick += TICK_SECONDS
             recorder.roll_second(elapsed)
             recorder.stats.elapsed = elapsed
             recorder.stats.users = runner.user_count
+            recorder.stats.users_timeline.append([round(elapsed, 2), runner.user_count])
             recorder.stats.cpu_max = max(recorder.stats.cpu_max, float(getattr(runner, "current_cpu_usage", 0.0) or 0.0))
+            if elapsed >= spec.no_request_timeout and recorder.stats.requests == 0:
+                raise no_requests_error(spec.no_request_timeout)
             if on_tick(recorder.stats):
                 return time.monotonic() - start
         gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
 
 
+def shape_class_mapper(classes: list[type[User]]) -> Callable[[list[type[User]] | None], list[type[User]] | None]:
+    """A shape's per-tick user classes are the locustfile's; ours are subclasses of the same name (and
+    `<Name>Cohort` in cohort stages): map one to the other by name."""
+
+    def mapped(wanted: list[type[User]] | None) -> list[type[User]] | None:
+        if wanted is None:
+            return None
+        names = {c.__name__ for c in wanted}
+        return [c for c in classes if c.__name__ in names or c.__name__.removesuffix("Cohort") in names]
+
+    return mapped
+
+
+def start_load(spec: LoadSpec, runner: Any, env: Any, classes: list[type[User]]) -> Any:
+    """Start the stage's users: the shape's greenlet when a shape drives them, else users/spawn_rate.
+    Returns an event set when the shape ended (or None)."""
+    import gevent.event
+
+    from rollout.load.session import drive_shape
+
+    if env.shape_class is None:
+        runner.start(spec.users, spawn_rate=spec.spawn_rate)
+        return None
+    done = gevent.event.Event()
+    runner.shape_greenlet = gevent.spawn(drive_shape, runner, env.shape_class, shape_class_mapper(classes), done)
+    return done
+
+
+def stop_load(runner: Any) -> None:
+    """End the stage's users (fires test_stopping/test_stop); the shape's greenlet goes with them."""
+    g = getattr(runner, "shape_greenlet", None)
+    if g is not None and g is not gevent.getcurrent():
+        g.kill(block=True)
+    runner.shape_greenlet = None
+    runner.stop()
+
+
 def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStats:
     """Run one stage's load; call on_tick(stats) about every second; stop when it returns True.
 
-    Bounded in time (spec.duration) and, when given, in count (spec.max_requests).
-    The runner is always quit, also on KeyboardInterrupt, which then propagates.
+    Bounded in time (spec.duration) and, when given, in count (spec.max_requests); a shape may end it
+    sooner. The Environment and runner are this process's (`rollout.load.session`: built like
+    `locust --headless`, lifecycle events fired); the stage stops the runner, also on KeyboardInterrupt,
+    which then propagates. `rollout.load.session.close_all` quits it when the process is done.
     """
-    base = load_user_classes(spec.locustfile)
-    classes = user_classes_for(spec, base)
+    from rollout.load import session as sessions
+
+    sess = sessions.session(spec.locustfile, workers=0)
+    sessions.check(spec)
+    classes = user_classes_for(spec, sess.lf.user_classes)
     recorder = Recorder(spec)
-    env = Environment(user_classes=classes, host=spec.host)
+    env, runner = sess.prepare(spec, classes)
+    if recorder.endpoints is not None:
+        recorder.endpoints.shape = spec.shape
+        sess.on_listener_error = recorder.endpoints.add_listener_error
     env.events.request.add_listener(recorder.on_request)
-    runner = env.create_local_runner()
-    start = time.monotonic()
     import gevent.event
 
     stop_polls = gevent.event.Event()
     metrics._install(recorder.on_custom)
+    start = time.monotonic()
     try:
         if any(m.prometheus for m in spec.metrics.values()):
             gevent.spawn(_poll_prometheus, spec, recorder.stats, stop_polls)
-        runner.start(spec.users, spawn_rate=spec.spawn_rate)
-        tick_until_done(runner, recorder, spec, on_tick, start)
+        done = start_load(spec, runner, env, classes)
+        tick_until_done(runner, recorder, spec, on_tick, start, ended=done.is_set if done is not None else None)
     finally:
         stop_polls.set()
         metrics._install(None)
-        runner.quit()
-        env.events.request.remove_listener(recorder.on_request)
+        try:
+            stop_load(runner)
+        finally:
+            env.events.request.remove_listener(recorder.on_request)
+            sess.on_listener_error = None
     recorder.stats.elapsed = time.monotonic() - start
     recorder.roll_second(recorder.stats.elapsed)
+    if recorder.stats.requests == 0:
+        raise no_requests_error(min(spec.no_request_timeout, recorder.stats.elapsed))
     return recorder.stats

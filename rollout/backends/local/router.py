@@ -42,7 +42,18 @@ With ``--canary-port`` (0: a free one, written to the ready file as
 when none is deployed), counted per version like the rest, so a canary that
 refuses, resets or hangs is seen by the engine there too.
 
-Admin API on 127.0.0.1:ADMIN_PORT (JSON, one request per connection):
+Admin API on 127.0.0.1:ADMIN_PORT (JSON, one request per connection).
+Only the tool may use it: every request must carry
+``Authorization: Bearer <token>``, the token being the content of
+``--token-file`` (an owner-only file in the state directory; created with a
+random token, mode 0600, when it does not exist; compared in constant time),
+else 401. A request with an ``Origin`` header (a browser's) is refused with
+403, and PUT/POST bodies must be ``Content-Type: application/json`` (else
+415), so no CORS "simple request" from a web page gets through either.
+Upstreams (``host``) must be loopback addresses unless the router is started
+with ``--allow-remote-upstreams`` (the local backend never does: its versions
+are local processes), so nobody can point users, and their credentials, at
+another host.
 
     GET  /healthz   {"ok": true, "pid": ..., "generation": ...}
     GET  /config    the config plus live counters:
@@ -77,7 +88,9 @@ hop-by-hop headers (and those named in ``Connection``) removed;
 ``X-Forwarded-For`` appended; ``Expect: 100-continue`` answered by the router.
 Request bodies up to 1 MiB with a Content-Length are buffered (so they can be
 replayed), larger and chunked ones streamed. Malformed requests get 400 (or
-431/501/505) and the connection is closed.
+431/501/505) and the connection is closed; a line of the request head that
+ends in a bare LF is answered 400 as soon as that line arrives (heads are read
+line by line, so a bare-LF client is never left waiting for an idle timeout).
 
 Performance: asyncio streams (uvloop when importable; it is not a
 dependency), no per-request logging, no regex, header names lowered once,
@@ -90,6 +103,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hmac
+import ipaddress
 import json
 import os
 import signal
@@ -155,10 +170,13 @@ _NONE, _LENGTH, _CHUNKED, _EOF = 0, 1, 2, 3
 
 _REASONS = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     411: "Length Required",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -185,7 +203,19 @@ def _is_header_value(s: object) -> bool:
     return isinstance(s, str) and s == s.strip() and all(" " <= c <= "~" for c in s)
 
 
-def _version_entry(raw: object, key: str, problems: list[str], *, required: bool) -> dict[str, Any] | None:
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`: the only upstream hosts a router takes by default."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _version_entry(
+    raw: object, key: str, problems: list[str], *, required: bool, allow_remote: bool = False
+) -> dict[str, Any] | None:
     if raw is None:
         if required:
             problems.append(f"{key}: required, an object {{\"version\": ..., \"port\": ...}}")
@@ -207,11 +237,16 @@ def _version_entry(raw: object, key: str, problems: list[str], *, required: bool
         host = raw["host"]
         if not (isinstance(host, str) and host and host == host.strip()):
             problems.append(f"{key}.host: expected a host name or address, found {host!r}")
+        elif not allow_remote and not is_loopback(host):
+            problems.append(
+                f"{key}.host: {host!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
+                "this router only forwards to local processes"
+            )
         entry["host"] = host
     return entry
 
 
-def validate_config(raw: object, *, default_generation: int = 0) -> dict[str, Any]:
+def validate_config(raw: object, *, default_generation: int = 0, allow_remote: bool = False) -> dict[str, Any]:
     """Check a config and return it normalized; raise ConfigError listing every problem.
 
     Optional keys default to: canary null, weight 0, cohort null,
@@ -224,8 +259,8 @@ def validate_config(raw: object, *, default_generation: int = 0) -> dict[str, An
     unknown = sorted(set(raw) - set(_CONFIG_KEYS) - _COUNTER_KEYS)
     if unknown:
         problems.append(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(_CONFIG_KEYS)})")
-    stable = _version_entry(raw.get("stable"), "stable", problems, required=True)
-    canary = _version_entry(raw.get("canary"), "canary", problems, required=False)
+    stable = _version_entry(raw.get("stable"), "stable", problems, required=True, allow_remote=allow_remote)
+    canary = _version_entry(raw.get("canary"), "canary", problems, required=False, allow_remote=allow_remote)
     weight = raw.get("weight", 0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
         problems.append(f"weight: expected a number 0..1 (the canary's share), found {weight!r}")
@@ -469,6 +504,51 @@ class _Conn:
         self.linger = False  # closing after an error answer: let the client read it first
 
 
+class _BadHead(Exception):
+    """A request head that cannot be a request: a line ending in a bare LF, or only empty lines."""
+
+
+def _head_buffered(reader: asyncio.StreamReader) -> bool:
+    """Is a whole request head already buffered? Then one readuntil reads it (nearly always the case);
+    `_proxy` still refuses a bare CR or LF inside it. `_buffer` is StreamReader's (private, stable since
+    3.4) bytearray; without it every head takes the line-by-line path of `_read_head`."""
+    buffered = getattr(reader, "_buffer", None)
+    return buffered is not None and buffered.find(b"\r\n\r\n", 0, HEAD_LIMIT) >= 0
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """Read a request head line by line, up to and including the empty line.
+
+    Line by line so a head with bare-LF line endings is refused (`_BadHead`)
+    as soon as its first such line arrives, instead of waiting for a CRLF CRLF
+    that never comes. Empty lines before the request line are skipped (RFC
+    9112 2.2), a few of them. Raises IncompleteReadError (with what was read)
+    at EOF and LimitOverrunError past HEAD_LIMIT bytes, as readuntil does.
+    """
+    parts: list[bytes] = []
+    size = 0
+    skipped = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            raise asyncio.IncompleteReadError(b"".join(parts) + e.partial, None) from None
+        if line[-2:-1] != b"\r":
+            raise _BadHead("request head lines must end in CRLF (bare LF)")
+        if line == b"\r\n":
+            if parts:
+                parts.append(line)
+                return b"".join(parts)
+            skipped += 1
+            if skipped > 8:
+                raise _BadHead("empty lines instead of a request line")
+            continue
+        size += len(line)
+        if size > HEAD_LIMIT:
+            raise asyncio.LimitOverrunError("request head too large", size)
+        parts.append(line)
+
+
 def _simple_response(status: int, body: str, *, close: bool = True, extra: bytes = b"") -> bytes:
     data = body.encode("utf-8")
     head = (
@@ -502,8 +582,13 @@ class Router:
         config_path: str,
         upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        token: str,
+        allow_remote: bool = False,
     ) -> None:
         self.config_path = config_path
+        self._token = token.encode("utf-8")
+        self.token_file = ""  # where the token came from (for the ready file)
+        self.allow_remote = allow_remote
         self.upstream_timeout = upstream_timeout
         self.idle_timeout = idle_timeout
         self._pools: dict[tuple[str, int, str], _Pool] = {}
@@ -679,11 +764,17 @@ class Router:
             while not self._closing:
                 conn.idle_since = time_()
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    if _head_buffered(reader):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    else:  # not all there yet (or bare LF): line by line, so a bare LF is answered at once
+                        head = await _read_head(reader)
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():
                         self.err_bad_request += 1
                         writer.write(_simple_response(400, "bad request: incomplete request head\n"))
+                    return
+                except _BadHead as e:
+                    self._bad(conn, 400, str(e))
                     return
                 except asyncio.LimitOverrunError:
                     self.err_bad_request += 1
@@ -1046,7 +1137,10 @@ class Router:
         try:
             try:
                 async with asyncio.timeout(10.0):
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    try:
+                        head = await _read_head(reader)
+                    except _BadHead as e:
+                        return _admin_reply(writer, 400, {"error": str(e)})
                     lines = head.split(b"\r\n")
                     parts = lines[0].split(b" ")
                     if len(parts) != 3:
@@ -1054,14 +1148,20 @@ class Router:
                     method = parts[0].decode("latin-1")
                     path = parts[1].decode("latin-1").split("?", 1)[0]
                     length = 0
+                    headers: dict[bytes, bytes] = {}
                     for line in lines[1:]:
                         name, _, value = line.partition(b":")
-                        if name.strip().lower() == b"content-length":
+                        lname = name.strip().lower()
+                        headers[lname] = value.strip()
+                        if lname == b"content-length":
                             if not value.strip().isdigit():
                                 return _admin_reply(writer, 400, {"error": "invalid Content-Length"})
                             length = int(value)
-                        elif name.strip().lower() == b"transfer-encoding":
+                        elif lname == b"transfer-encoding":
                             return _admin_reply(writer, 411, {"error": "send a Content-Length"})
+                    refused = self._admin_refusal(method, headers)
+                    if refused is not None:
+                        return _admin_reply(writer, *refused)
                     if length > ADMIN_BODY_MAX:
                         return _admin_reply(writer, 413, {"error": "body too large"})
                     body = await reader.readexactly(length) if length else b""
@@ -1076,6 +1176,21 @@ class Router:
             _report_bug(e)
         finally:
             writer.close()
+
+    def _admin_refusal(self, method: str, headers: dict[bytes, bytes]) -> tuple[int, dict[str, Any]] | None:
+        """Why an admin request is refused (status, body), or None: a browser's request (it has an
+        Origin), no or a wrong token (constant-time compare), a body that is not declared JSON."""
+        if b"origin" in headers:
+            return 403, {"error": "cross-origin requests are refused"}
+        auth = headers.get(b"authorization", b"")
+        scheme, _, given = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            return 401, {"error": "the admin API needs the token of the router's --token-file (Authorization: Bearer ...)"}
+        if method in ("PUT", "POST"):
+            ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+            if ctype != b"application/json":
+                return 415, {"error": "send the body as Content-Type: application/json"}
+        return None
 
     async def _admin(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if path == "/healthz":
@@ -1094,7 +1209,9 @@ class Router:
             assert self._config_lock is not None
             async with self._config_lock:
                 try:
-                    config = validate_config(raw, default_generation=self._route.raw["generation"] + 1)
+                    config = validate_config(
+                        raw, default_generation=self._route.raw["generation"] + 1, allow_remote=self.allow_remote
+                    )
                 except ConfigError as e:
                     return 400, {"error": str(e)}
                 if self._closing:
@@ -1311,6 +1428,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--admin-port", type=int, required=True, help="admin API port on 127.0.0.1 (0: a free one)")
     p.add_argument("--config", required=True, help="JSON config file; rewritten on every PUT /config")
     p.add_argument("--ready-file", help="write {pid, port, admin_port} JSON here once listening")
+    p.add_argument(
+        "--token-file",
+        help="the admin API's token (created, random and owner-only, if missing); default: the config path + .token",
+    )
+    p.add_argument(
+        "--allow-remote-upstreams",
+        action="store_true",
+        help="let the config name non-loopback upstream hosts (the local backend never does)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="proxy address (default 127.0.0.1)")
     p.add_argument(
         "--upstream-timeout",
@@ -1337,7 +1463,8 @@ async def _run(router: Router, args: argparse.Namespace) -> None:
         try:
             write_json_atomic(
                 args.ready_file,
-                {"pid": os.getpid(), "port": router.port, "admin_port": router.admin_port, "canary_port": router.canary_port},
+                {"pid": os.getpid(), "port": router.port, "admin_port": router.admin_port, "token_file": router.token_file,
+                 "canary_port": router.canary_port},
             )
         except OSError as e:
             print(f"router: cannot write the ready file {args.ready_file}: {e}", file=sys.stderr)
@@ -1347,13 +1474,37 @@ async def _run(router: Router, args: argparse.Namespace) -> None:
     await router.wait_done()
 
 
+def load_token(path: str) -> str:
+    """The admin token in `path`; a new random one (file created 0600, never replaced) if there is none."""
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    with open(path, encoding="ascii") as f:
+        token = f.read().strip()
+    if len(token) < 16:
+        raise ValueError(f"the token in {path} is too short (at least 16 characters)")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         with open(args.config, encoding="utf-8") as f:
-            config = validate_config(json.load(f))
+            config = validate_config(json.load(f), allow_remote=args.allow_remote_upstreams)
     except (OSError, ValueError) as e:  # ConfigError and JSONDecodeError are ValueErrors
         print(f"router: cannot use config {args.config}: {e}", file=sys.stderr)
+        return 2
+    token_file = args.token_file or args.config + ".token"
+    try:
+        token = load_token(token_file)
+    except (OSError, ValueError) as e:
+        print(f"router: cannot use token file {token_file}: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal that started it
     try:  # two sockets per proxied connection: use the hard limit on file descriptors
@@ -1365,8 +1516,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, ValueError, OSError):
         pass
     router = Router(
-        config, config_path=args.config, upstream_timeout=args.upstream_timeout, idle_timeout=args.idle_timeout
+        config,
+        config_path=args.config,
+        upstream_timeout=args.upstream_timeout,
+        idle_timeout=args.idle_timeout,
+        token=token,
+        allow_remote=args.allow_remote_upstreams,
     )
+    router.token_file = os.path.abspath(token_file)
     gc.set_threshold(10_000, 50, 50)  # fewer collections on the request path
     try:
         import uvloop  # type: ignore[import-not-found]
