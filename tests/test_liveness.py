@@ -135,8 +135,10 @@ def test_without_router_counters_only_the_client_view_and_down_count() -> None:
 
 
 def test_exit_description_of_a_child_killed_by_sigkill() -> None:
-    proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], Path.cwd(), Path("/tmp") / f"liveness-{time.time_ns()}.log", {})
-    rec = procs.ProcRecord(pid=proc.pid, start_ticks=procs.start_ticks(proc.pid), port=0, version="v2", command="sleep", log="")
+    marker = f"rollout-test-liveness-{time.time_ns()}"
+    log = Path("/tmp") / f"{marker}.log"
+    proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], Path.cwd(), log, {}, marker)
+    rec = procs.record(proc, 0, "v2", "sleep", log, marker)
     assert procs.is_alive(rec)
     proc.kill()
     deadline = time.monotonic() + 10
@@ -144,7 +146,7 @@ def test_exit_description_of_a_child_killed_by_sigkill() -> None:
         time.sleep(0.02)
     assert not procs.is_alive(rec)
     assert procs.exit_description(rec) == f"process {proc.pid} exited with -9 (killed by SIGKILL)"
-    stranger = procs.ProcRecord(pid=proc.pid + 10_000_000, start_ticks=1, port=0, version="v2", command="x", log="")
+    stranger = procs.ProcRecord(pid=proc.pid + 10_000_000, start_ticks=1, port=0, version="v2", command="x", log="", marker=marker)
     assert "exit status unknown" in procs.exit_description(stranger)
 
 
@@ -175,10 +177,10 @@ def test_the_router_counts_every_request_for_its_version_answered_or_not(start_r
     closed = free_port()
     r = start_router(cfg(faulty_services["unlabelled"], closed, weight=0.0), "--canary-port", "0", "--upstream-timeout", "1.5")
     canary_url = f"http://127.0.0.1:{r.ready['canary_port']}"
-    versions = lambda: router_client.get_config(r.admin_port)["versions"]  # noqa: E731
+    versions = lambda: router_client.get_config(r.admin)["versions"]  # noqa: E731
 
     def through_canary_listener(mode: str, port: int, n: int = 2) -> list[httpx.Response]:
-        router_client.put_config(r.admin_port, {**cfg(faulty_services["unlabelled"]), "canary": {"version": mode, "port": port}})
+        router_client.put_config(r.admin, {**cfg(faulty_services["unlabelled"]), "canary": {"version": mode, "port": port}})
         with httpx.Client(base_url=canary_url, timeout=10, trust_env=False) as c:
             return [c.get("/api/answer") for _ in range(n)]
 
@@ -191,7 +193,7 @@ def test_the_router_counts_every_request_for_its_version_answered_or_not(start_r
         assert resp.status_code == 200 and resp.headers["x-version"] == "unlabelled"  # labelled by the router
 
     # a hung request is in flight (routed, not answered) until the upstream timeout
-    router_client.put_config(r.admin_port, {**cfg(faulty_services["unlabelled"]), "canary": {"version": "hang", "port": faulty_services["hang"]}})
+    router_client.put_config(r.admin, {**cfg(faulty_services["unlabelled"]), "canary": {"version": "hang", "port": faulty_services["hang"]}})
     got: list[int] = []
     t = threading.Thread(target=lambda: got.append(httpx.get(canary_url + "/api/answer", timeout=10, trust_env=False).status_code))
     t.start()
@@ -208,7 +210,7 @@ def test_the_router_counts_every_request_for_its_version_answered_or_not(start_r
     assert v["raw"]["routed"] == 2 and v["raw"]["malformed"] + v["raw"]["reset"] == 2 and v["raw"]["answered"] == 0
     assert v["hang"] == {**v["hang"], "routed": 1, "timeout": 1, "in_flight": 0, "answered": 0}
     assert v["unlabelled"]["answered"] == 2 and v["unlabelled"]["no_header"] == 2
-    cfg_now = router_client.get_config(r.admin_port)
+    cfg_now = router_client.get_config(r.admin)
     assert cfg_now["pinned_requests"] == 9 and cfg_now["requests"] == {"stable": 0, "canary": 0}  # outside the split
 
 
@@ -216,4 +218,4 @@ def test_the_canary_listener_without_a_canary_answers_503(start_router: Any, fau
     r = start_router(cfg(faulty_services["unlabelled"]), "--canary-port", "0")
     resp = httpx.get(f"http://127.0.0.1:{r.ready['canary_port']}/api/answer", timeout=10, trust_env=False)
     assert resp.status_code == 503 and "no canary" in resp.text
-    assert router_client.get_config(r.admin_port)["errors"]["no_canary"] == 1
+    assert router_client.get_config(r.admin)["errors"]["no_canary"] == 1
