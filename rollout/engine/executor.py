@@ -36,6 +36,7 @@ from rollout.engine import requests as rq
 from rollout.engine.live import LIVE_EVERY, snapshot
 from rollout.engine.requests import Request
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, RolloutError, UsageError
+from rollout.gates import liveness
 from rollout.gates.health import health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
@@ -322,16 +323,22 @@ class Engine:
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
         failing: list[Verdict] = []
+        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version)
+        alive.observe(0.0, StageStats(), self._canary_probe())  # the window's start: the counters before any load
 
         early: list[float] = []
 
         def on_tick(stats: StageStats) -> bool:
+            served = alive.observe(stats.elapsed, stats, self._canary_probe())
             verdicts = judge.judge(stats, final=False)
-            self.out.progress(stage, i, n, stats, verdicts, stage.duration)
-            self._record_live(i, stage, split, stats, verdicts)
+            self.out.progress(stage, i, n, stats, verdicts + [served], stage.duration)
+            self._record_live(i, stage, split, stats, verdicts + [served])
             req = self._take_request(stage_running=True)
             if req is not None:  # a person asked (revert, abort, pause, promote): stop the load now
                 self._request = req
+                return True
+            if served.status is Status.FAIL:  # fail closed: a canary that cannot serve ends the stage now
+                failing.append(served)
                 return True
             bad = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
             if bad:
@@ -366,7 +373,9 @@ class Engine:
             rec.ended_at = self.clock()
             return "request"
         if not failing:
+            served = alive.observe(stats.elapsed, stats, self._canary_probe(), final=True)
             verdicts = judge.judge(stats, final=True)
+            verdicts += [served] if served.status is Status.FAIL else []
             verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
@@ -374,14 +383,16 @@ class Engine:
         rec.verdicts = [v.as_dict() for v in verdicts]
         rec.stats = stats.summary()
         rec.ended_at = self.clock()
-        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical
-            return v.gate in gates and gates[v.gate].critical
+        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical; a dead canary always is
+            return v.gate == liveness.NAME or (v.gate in gates and gates[v.gate].critical)
 
         critical = [v for v in verdicts if v.status is Status.FAIL and is_critical(v)]
         uncertain = [v for v in verdicts if v.status is Status.INCONCLUSIVE or (v.status is Status.FAIL and not is_critical(v))]
         if critical:
             rec.status = StageStatus.FAILED
             rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in critical)
+            if not any(v.gate == liveness.NAME for v in critical) and (evidence := alive.describe(stats)):
+                rec.reason += f" ({evidence})"  # the fault, named even when a gate saw it first
             self.out.stage_done(rec)
             self.save()
             self.notifier.emit("gate-failed", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}; rolling back to {st.stable_version}",
@@ -409,6 +420,16 @@ class Engine:
         kill_point("stage-passed")
         return "passed"
 
+    def _canary_probe(self) -> liveness.CanaryProbe | None:
+        """The backend's word on the canary this tick; a backend that cannot answer says nothing (None)."""
+        probe = getattr(self.backend, "canary_probe", None)
+        if probe is None:
+            return None
+        try:
+            return probe(self.state)
+        except RolloutError:
+            return None
+
     def _load_spec(self, i: int) -> Any:
         from rollout.load.runner import LoadSpec  # only commands that run load import locust
 
@@ -430,6 +451,7 @@ class Engine:
             cohort_share=load.cohort_share,
             max_requests=load.max_requests,
             metrics=dict(load.metrics),
+            only_role="canary" if stage.load_to == "canary" else None,
             shape=self.plan.stage_shape(i),
             tags=tuple(self.tags if self.tags is not None else load.tags) if (self.tags is not None or load.tags is not None) else None,
             exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)

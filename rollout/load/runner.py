@@ -56,6 +56,9 @@ class LoadSpec:
     cohort_share: float = 0.2
     max_requests: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # name -> rollout.plan.model.MetricSource
+    # -- fail closed: the role every request goes to when the load goes to one version alone (load_to:
+    # canary): a response without the version header, or no response at all, is that version's
+    only_role: str | None = None
     # --- locust-native (#9): what `locust --headless` would be given (rollout.load.session) ---
     shape: str | None = None  # a LoadTestShape class of the locustfile drives users and spawn rate
     tags: tuple[str, ...] | None = None
@@ -114,6 +117,7 @@ class Recorder:
     def __init__(self, spec: LoadSpec) -> None:
         self.header = spec.version_header
         self.roles = dict(spec.roles)
+        self.only_role = spec.only_role
         self.stats = StageStats()
         self._prev: dict[str, VersionStats] = {}  # cumulative copies at the last second's end
         self.last_error: str = ""
@@ -133,7 +137,9 @@ class Recorder:
             headers = getattr(response, "headers", None)
             if headers is not None:
                 version = headers.get(self.header)
-        return self.roles.get(version, "unknown") if version else "unknown"
+        if not version:  # fail closed: with one version alone, an unlabelled answer (or none) is still its
+            return self.only_role or "unknown"
+        return self.roles.get(version, "unknown")
 
     def on_custom(self, name: str, value: float, response: Any, version: str | None) -> None:
         """`rollout.metrics.record` from the locustfile lands here."""
@@ -142,7 +148,13 @@ class Recorder:
         else:
             self.stats.source_errors[name] = "recorded by the locustfile but not declared as `custom: true` under load.metrics"
 
-    def _content_metrics(self, role: str, response: Any) -> None:
+    def _content_metrics(self, role: str, response: Any) -> str | None:
+        """Read the declared metrics from a response; return why it counts as a failure, if it does.
+
+        Fail closed: when the plan declares a `json` metric, the versions promise JSON answers, so a
+        successful answer whose body is not JSON is a failure of the version that sent it. A JSON body
+        without the field is not (error bodies and other endpoints may lack it): no value is recorded.
+        """
         if self.header_metrics:
             headers = getattr(response, "headers", None) or {}
             for name, header in self.header_metrics:
@@ -158,13 +170,14 @@ class Recorder:
             except ValueError:
                 for name, _ in self.json_metrics:
                     self.stats.source_errors[name] = "a response body is not JSON"
-                return
+                return f"the answer is not JSON (load.metrics declares json field(s) {', '.join('.'.join(p) for _, p in self.json_metrics)})"
             for name, path in self.json_metrics:
                 value = _dig(body, path)
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     self.stats.add_metric(name, role, float(value))
                 elif value is not None:
                     self.stats.source_errors[name] = f"field {'.'.join(path)} is {type(value).__name__}, not a number"
+        return None
 
     def on_request(
         self,
@@ -179,10 +192,15 @@ class Recorder:
     ) -> None:
         role = self.role_of(response)
         failed = exception is not None
+        why = ""
         if response is not None and not failed and (self.json_metrics or self.header_metrics):
-            self._content_metrics(role, response)
+            why = self._content_metrics(role, response) or ""
+            failed = bool(why)
+        if exception is not None:
+            why = f"{type(exception).__name__}: {exception}"[:200]
         if failed:
-            self.last_error = f"{type(exception).__name__}: {exception}"[:200]
+            self.last_error = why
+            self.stats.last_failure[role] = why
         ms = float(response_time) if response_time is not None else 0.0
         vs = self.stats.by_role.get(role)
         if vs is None:

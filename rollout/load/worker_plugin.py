@@ -34,7 +34,8 @@ def stage_settings(spec: Any) -> dict[str, Any]:
     """What a worker needs to know about a stage (JSON): attribution and the cohort users."""
     return {"version_header": spec.version_header, "roles": dict(spec.roles), "host": spec.host,
             "cohort": list(spec.cohort) if spec.cohort else None, "cohort_share": spec.cohort_share,
-            "endpoint_stats": bool(getattr(spec, "endpoint_stats", True))}
+            "endpoint_stats": bool(getattr(spec, "endpoint_stats", True)),
+            "only_role": getattr(spec, "only_role", None)}  # fail closed: one version alone owns unlabelled answers
 
 
 class Shipper:
@@ -46,7 +47,8 @@ class Shipper:
 
         spec = LoadSpec(locustfile=Path("-"), host="", users=0, spawn_rate=1, duration=0,
                         version_header=settings.get("version_header", "X-Version"), roles=dict(settings.get("roles", {})),
-                        endpoint_stats=bool(settings.get("endpoint_stats", True)))
+                        endpoint_stats=bool(settings.get("endpoint_stats", True)),
+                        only_role=settings.get("only_role"))
         self.env = environment
         self.recorder = Recorder(spec)
         self._empty = VersionStats

@@ -37,6 +37,7 @@ from rollout.backends.local.processes import ProcRecord
 from rollout.backends.local.router_client import AdminEndpoint, RouterUnreachable, get_config, put_config
 from rollout.engine.state import Split, State
 from rollout.errors import BackendError
+from rollout.gates.liveness import CanaryProbe
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import LocalTarget
 from rollout.testing.killpoints import kill_point
@@ -207,7 +208,7 @@ class LocalBackend:
         with open(fd, "w", encoding="utf-8") as f:
             f.write(json.dumps(self._router_config(state, split)))
         argv = [sys.executable, "-m", "rollout.backends.local.router", "--port", str(port), "--admin-port", "0",
-                "--config", str(config_path), "--ready-file", str(ready), "--token-file", str(token_file)]
+                "--canary-port", "0", "--config", str(config_path), "--ready-file", str(ready), "--token-file", str(token_file)]
         log = self.dir / "logs" / "router.log"
         marker = f"{self.marker_prefix}router"
         proc = procs.spawn(argv, self.dir, log, {}, marker)
@@ -226,7 +227,8 @@ class LocalBackend:
             try:
                 info = json.loads(ready.read_text())
                 if info.get("pid") == proc.pid:
-                    state.backend["router"] = {"proc": {**rec.as_dict(), "port": info["port"]}, "port": info["port"], "admin_port": info["admin_port"]}
+                    state.backend["router"] = {"proc": {**rec.as_dict(), "port": info["port"]}, "port": info["port"], "admin_port": info["admin_port"],
+                                               "canary_port": info.get("canary_port") or None}
                     self.checkpoint()
                     return
             except (OSError, ValueError):
@@ -291,6 +293,8 @@ class LocalBackend:
             self._set(state, "canary", None)
         self._start_version(state, "canary", version)
         kill_point("canary-healthy")
+        if self._router(state) is not None:  # the router's canary-only listener needs it; the split is unchanged
+            self._put(state, state.split)
 
     def apply_split(self, state: State, split: Split) -> None:
         if self._router(state) is None:
@@ -338,10 +342,34 @@ class LocalBackend:
         return f"http://127.0.0.1:{router['port']}"
 
     def canary_url(self, state: State) -> str:
+        """The router's canary-only listener: load for the canary alone is counted per version there too
+        (refused, reset, hung requests); the process's own port for a router started without one."""
         rec = self._rec(state, "canary")
         if rec is None:
             raise BackendError("the canary is not running", "run `rollout advance` to deploy it")
+        router = state.backend.get("router") or {}
+        if router.get("canary_port") and self._router(state) is not None:
+            return f"http://127.0.0.1:{router['canary_port']}"
         return f"http://127.0.0.1:{rec.port}"
+
+    def canary_probe(self, state: State) -> CanaryProbe | None:
+        """Fail closed, every tick: the canary process by pid and start time, and the router's per-version counters."""
+        version = state.canary_version
+        rec = self._rec(state, "canary")
+        down = None
+        if rec is None:
+            if version:
+                down = "no canary process is recorded"
+        elif not procs.is_alive(rec):
+            down = procs.exit_description(rec)
+        counters = None
+        router = state.backend.get("router")
+        if router:
+            try:
+                counters = get_config(self._admin(router), timeout=2.0).get("versions")
+            except RouterUnreachable:
+                counters = None  # the router's own failure is not the canary's: `ensure` and the rollback handle it
+        return CanaryProbe(version, down, counters if isinstance(counters, dict) else None)
 
     def inspect(self, state: State) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -26,6 +26,12 @@ from typing import Any
 
 from rollout.errors import BackendError
 
+# Children started by this command, by pid: their exit status is read through
+# Popen (which reaps them), so "process 1234 exited with -9" can be said. A
+# process started by an earlier command is not our child: only "gone" is known.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_exit_codes: dict[int, int] = {}  # pid -> exit code (negative: killed by that signal), once reaped
+
 
 MARKER_ENV = "ROLLOUT_MARKER"
 
@@ -153,10 +159,33 @@ def stop_marked(prefix: str, keep: set[int] | frozenset[int] = frozenset(), time
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        code = child.poll()
+        if code is not None:
+            _exit_codes[pid] = code
+        return
     try:
-        os.waitpid(pid, os.WNOHANG)
+        got, status = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        pass
+        return
+    if got == pid:
+        _exit_codes[pid] = os.waitstatus_to_exitcode(status)
+
+
+def exit_description(rec: ProcRecord) -> str:
+    """How a recorded process that is no longer alive ended, as far as this command can know."""
+    _reap(rec.pid)
+    code = _exit_codes.get(rec.pid)
+    if code is None:
+        return f"process {rec.pid} is gone (exit status unknown: it was started by an earlier command)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"process {rec.pid} exited with {code} (killed by {name})"
+    return f"process {rec.pid} exited with {code}"
 
 
 def free_port() -> int:
@@ -173,7 +202,7 @@ def spawn(argv: list[str], cwd: Path, log: Path, env: dict[str, str], marker: st
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:
         try:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
                 stdin=subprocess.DEVNULL,
@@ -185,6 +214,8 @@ def spawn(argv: list[str], cwd: Path, log: Path, env: dict[str, str], marker: st
             )
         except OSError as exc:
             raise BackendError(f"cannot start `{shlex.join(argv)}`: {exc}", "check the command in the plan") from None
+    _children[proc.pid] = proc
+    return proc
 
 
 def record(proc: subprocess.Popen[bytes], port: int, version: str, command: str, log: Path, marker: str) -> ProcRecord:

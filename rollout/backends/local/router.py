@@ -36,6 +36,12 @@ the version's name; an unreachable upstream gives 502, an upstream that does
 not answer within ``--upstream-timeout`` (default 30 s) 504, both carrying the
 header of the version that failed.
 
+With ``--canary-port`` (0: a free one, written to the ready file as
+``canary_port``) the router also listens for load meant for the canary alone
+(a ``load_to: canary`` stage): every request there goes to the canary (503
+when none is deployed), counted per version like the rest, so a canary that
+refuses, resets or hangs is seen by the engine there too.
+
 Admin API on 127.0.0.1:ADMIN_PORT (JSON, one request per connection).
 Only the tool may use it: every request must carry
 ``Authorization: Bearer <token>``, the token being the content of
@@ -56,7 +62,14 @@ another host.
                     "errors": {"stable": n, "canary": n, "bad_request": n, "aborted": n}
                     ("stable"/"canary" are the 502/504 the router answered itself;
                     "aborted" are responses cut mid-body)
-                    "router": {"pid", "uptime_s", "config_file", "upstream_timeout_s"}
+                    "versions": {name: {"routed", "answered", "refused", "reset",
+                                 "timeout", "malformed", "aborted", "cancelled",
+                                 "in_flight", "no_header"}}
+                    (per version *name*, whatever the client saw: see
+                    VersionCounters; the engine reads them every tick)
+                    "pinned_requests": n (the canary-only listener's)
+                    "router": {"pid", "uptime_s", "config_file", "upstream_timeout_s",
+                               "canary_port"}
     PUT  /config    a full config: validated (400 with every problem otherwise),
                     written to the --config file (temp + fsync + rename) and only
                     then applied and acknowledged with the new config. Requests
@@ -115,7 +128,7 @@ POOL_IDLE_TTL = 30.0  # idle upstream connections older than this are closed
 ADMIN_BODY_MAX = 1 << 20
 WEIGHT_SCALE = 1_000_000  # weights are integers in millionths: exact arithmetic
 
-_COUNTER_KEYS = frozenset({"requests", "cohort_requests", "errors", "router"})
+_COUNTER_KEYS = frozenset({"requests", "cohort_requests", "pinned_requests", "errors", "versions", "router"})
 _CONFIG_KEYS = ("stable", "canary", "weight", "cohort", "version_header", "generation")
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = b"0123456789abcdefABCDEF"
@@ -384,12 +397,38 @@ class _Pool:
             del idle[:n]
 
 
+class VersionCounters:
+    """What happened to the requests sent to one version (by name), whatever the client saw.
+
+    The router is the one place that knows which version a request went to even
+    when no answer came back, so it counts for the engine (fail closed): every
+    request `routed` to a version ends as `answered` (a complete response
+    relayed) or as one failure kind: `refused` (connect failed), `reset`
+    (closed/reset without a complete response), `timeout`, `malformed` (not
+    HTTP, bad framing), `aborted` (cut mid-body after the head was relayed) —
+    or `cancelled` (the client left, or the router shut down); `in_flight` are
+    still waiting. `no_header`: answers that lacked the version header (the
+    router added it).
+    """
+
+    __slots__ = ("routed", "answered", "refused", "reset", "timeout", "malformed", "aborted", "cancelled", "in_flight", "no_header")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
 class _Upstream:
     """One version behind the router, as the hot path needs it (bytes, precomputed)."""
 
-    __slots__ = ("role", "version", "host", "port", "pool", "version_line", "host_line")
+    __slots__ = ("role", "version", "host", "port", "pool", "version_line", "host_line", "counters")
 
-    def __init__(self, role: str, entry: dict[str, Any], pool: _Pool, version_header: str) -> None:
+    def __init__(self, role: str, entry: dict[str, Any], pool: _Pool, version_header: str,
+                 counters: VersionCounters) -> None:
+        self.counters = counters
         self.role = role
         self.version = entry["version"]
         self.host = entry.get("host", "127.0.0.1")
@@ -404,7 +443,8 @@ class _Route:
 
     __slots__ = ("raw", "stable", "canary", "picker", "cohort_name", "cohort_value", "vh_lower")
 
-    def __init__(self, raw: dict[str, Any], pools: dict[tuple[str, int, str], _Pool]) -> None:
+    def __init__(self, raw: dict[str, Any], pools: dict[tuple[str, int, str], _Pool],
+                 counters: dict[str, VersionCounters]) -> None:
         self.raw = raw
         vh = raw["version_header"]
         self.vh_lower = vh.lower().encode("latin-1")
@@ -417,7 +457,10 @@ class _Route:
             pool = pools.get(key)
             if pool is None:
                 pool = pools[key] = _Pool()
-            return _Upstream(role, entry, pool, vh)
+            vc = counters.get(entry["version"])
+            if vc is None:
+                vc = counters[entry["version"]] = VersionCounters()
+            return _Upstream(role, entry, pool, vh, vc)
 
         self.stable = upstream("stable")
         self.canary = upstream("canary")
@@ -549,7 +592,8 @@ class Router:
         self.upstream_timeout = upstream_timeout
         self.idle_timeout = idle_timeout
         self._pools: dict[tuple[str, int, str], _Pool] = {}
-        self._route = _Route(config, self._pools)
+        self._by_version: dict[str, VersionCounters] = {}  # kept for the router's life: counters only grow
+        self._route = _Route(config, self._pools, self._by_version)
         self._clients: set[_Conn] = set()
         self._closing = False
         self._forced = False  # the shutdown grace is over: in-flight requests get 503
@@ -560,6 +604,9 @@ class Router:
         self.started = time.time()
         self.port = 0
         self.admin_port = 0
+        self.canary_port = 0  # the canary-only listener (0: none)
+        self.n_pinned = 0
+        self.err_no_canary = 0
         # counters
         self.n_stable = 0
         self.n_canary = 0
@@ -571,7 +618,7 @@ class Router:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def start(self, host: str, port: int, admin_port: int) -> None:
+    async def start(self, host: str, port: int, admin_port: int, canary_port: int | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self._config_lock = asyncio.Lock()
@@ -584,6 +631,12 @@ class Router:
         self._servers = [proxy, admin]
         self.port = proxy.sockets[0].getsockname()[1]
         self.admin_port = admin.sockets[0].getsockname()[1]
+        if canary_port is not None:  # load for the canary alone, counted like the rest (fail closed)
+            pinned = await asyncio.start_server(
+                self._serve_pinned, host, canary_port, limit=HEAD_LIMIT, backlog=1024, reuse_address=True
+            )
+            self._servers.append(pinned)
+            self.canary_port = pinned.sockets[0].getsockname()[1]
         self._spawn(self._sweeper())
 
     def _spawn(self, coro: Any) -> None:
@@ -665,23 +718,27 @@ class Router:
         out = dict(self._route.raw)
         out["requests"] = {"stable": self.n_stable, "canary": self.n_canary}
         out["cohort_requests"] = self.n_cohort
+        out["pinned_requests"] = self.n_pinned
         out["errors"] = {
             "stable": self.err_stable,
             "canary": self.err_canary,
             "bad_request": self.err_bad_request,
             "aborted": self.err_aborted,
+            "no_canary": self.err_no_canary,
         }
+        out["versions"] = {name: vc.as_dict() for name, vc in self._by_version.items()}
         out["router"] = {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
             "config_file": os.path.abspath(self.config_path),
             "upstream_timeout_s": self.upstream_timeout,
+            "canary_port": self.canary_port,
         }
         return out
 
     def apply(self, config: dict[str, Any]) -> None:
         """Switch to a validated config; requests in flight keep the old route."""
-        route = _Route(config, self._pools)
+        route = _Route(config, self._pools, self._by_version)
         live = {id(route.stable.pool) if route.stable else 0, id(route.canary.pool) if route.canary else 0}
         for key, pool in list(self._pools.items()):
             if id(pool) not in live:
@@ -692,7 +749,12 @@ class Router:
 
     # ----------------------------------------------------------------- proxy
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_pinned(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve_client(reader, writer, pinned=True)
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pinned: bool = False
+    ) -> None:
         peer = writer.get_extra_info("peername")
         client_ip = (str(peer[0]) if peer else "unknown").encode("latin-1")
         conn = _Conn(writer)
@@ -720,7 +782,7 @@ class Router:
                     conn.linger = True
                     return
                 conn.idle_since = 0.0
-                if not await self._proxy(head, reader, conn, client_ip):
+                if not await self._proxy(head, reader, conn, client_ip, pinned):
                     return
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _ClientGone):
             pass
@@ -740,7 +802,9 @@ class Router:
         conn.linger = True
         return False
 
-    async def _proxy(self, head: bytes, reader: asyncio.StreamReader, conn: _Conn, client_ip: bytes) -> bool:
+    async def _proxy(
+        self, head: bytes, reader: asyncio.StreamReader, conn: _Conn, client_ip: bytes, pinned: bool = False
+    ) -> bool:
         """Forward one request and its response; return whether the client connection stays open."""
         route = self._route
         writer = conn.writer
@@ -828,14 +892,24 @@ class Router:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         # choose the version
-        if cohort_hit:
+        if pinned:  # the canary-only listener: never the weighted split
+            up = route.canary
+            if up is None:
+                self.err_no_canary += 1
+                writer.write(_simple_response(503, "503 Service Unavailable: no canary is deployed\n"))
+                conn.linger = True
+                return False
+            self.n_pinned += 1
+        elif cohort_hit:
             up = route.canary
             self.n_cohort += 1
         elif route.picker.pick():
             up = route.canary
         else:
             up = route.stable
-        if up is route.stable:
+        if pinned:
+            pass
+        elif up is route.stable:
             self.n_stable += 1
         else:
             self.n_canary += 1
@@ -866,6 +940,9 @@ class Router:
         timeout = self.upstream_timeout
         head_sent = False
         ur = uw = None
+        vc = up.counters
+        vc.routed += 1
+        vc.in_flight += 1
         try:
             conn.timed_out = False
             conn.deadline = loop.time() + timeout  # enforced by the sweeper
@@ -949,6 +1026,7 @@ class Router:
                 if rextra:
                     rout = _drop_named(rout, 1, rextra)
             if not has_version:
+                vc.no_header += 1
                 rout.append(up.version_line)
 
             if method == b"HEAD" or code == 204 or code == 304:
@@ -1014,19 +1092,27 @@ class Router:
             if uw is not None:
                 uw.close()
             if isinstance(e, _ClientGone):
-                pass
+                vc.cancelled += 1
             elif isinstance(e, _BadClientBody):
+                vc.cancelled += 1
                 self._bad(conn, 400, "malformed chunked request body")
             elif head_sent:
+                vc.aborted += 1
                 self.err_aborted += 1
             elif self._forced:
+                vc.cancelled += 1
                 writer.write(_simple_response(503, "503 Service Unavailable: the router is shutting down\n"))
             elif conn.timed_out or isinstance(e, TimeoutError):
+                vc.timeout += 1
                 self._upstream_error(conn, up, 504, "did not answer within %gs" % timeout)
             else:
+                _count_failure(vc, e)
                 self._upstream_error(conn, up, 502, _describe(e))
             return False
+        finally:
+            vc.in_flight -= 1
 
+        vc.answered += 1
         conn.up = None
         conn.deadline = 0.0
         if up_keep:
@@ -1278,6 +1364,16 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         pass
 
 
+def _count_failure(vc: VersionCounters, e: BaseException) -> None:
+    """Charge a failed request to its version under the kind of failure."""
+    if isinstance(e, ConnectionRefusedError):
+        vc.refused += 1
+    elif isinstance(e, _BadUpstream | asyncio.LimitOverrunError | ValueError):
+        vc.malformed += 1
+    else:  # reset, closed without a complete answer, other socket errors
+        vc.reset += 1
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ConnectionRefusedError):
         return "is unreachable (connection refused)"
@@ -1349,13 +1445,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds an upstream may take to connect and answer (then 504), and between two body reads",
     )
     p.add_argument(
+        "--canary-port", type=int, default=None,
+        help="also listen here for load to the canary alone (0: a free one; default: no such listener)",
+    )
+    p.add_argument(
         "--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, help="close idle client connections after this"
     )
     return p.parse_args(argv)
 
 
 async def _run(router: Router, args: argparse.Namespace) -> None:
-    await router.start(args.host, args.port, args.admin_port)
+    await router.start(args.host, args.port, args.admin_port, args.canary_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.request_shutdown)
@@ -1363,7 +1463,8 @@ async def _run(router: Router, args: argparse.Namespace) -> None:
         try:
             write_json_atomic(
                 args.ready_file,
-                {"pid": os.getpid(), "port": router.port, "admin_port": router.admin_port, "token_file": router.token_file},
+                {"pid": os.getpid(), "port": router.port, "admin_port": router.admin_port, "token_file": router.token_file,
+                 "canary_port": router.canary_port},
             )
         except OSError as e:
             print(f"router: cannot write the ready file {args.ready_file}: {e}", file=sys.stderr)
