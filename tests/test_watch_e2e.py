@@ -35,7 +35,7 @@ ERRORS = {"bad": 'sum(http_requests_total{version="{version}",status="500"})', "
 
 
 class Env:
-    def __init__(self, tmp: Path, prom_url: str, am_url: str, on_breach: str = "revert") -> None:
+    def __init__(self, tmp: Path, prom_url: str, am_url: str, on_breach: str = "revert", bake: str | None = None) -> None:
         self.tmp, self.state = tmp, tmp / "state"
         self.control = {v: tmp / f"{v}.control.json" for v in ("v1", "v2")}
         versions = {v: {"command": f"{{python}} {SERVICE} --port {{port}} --version {v} --latency 2ms --error-rate 0% "
@@ -50,6 +50,8 @@ class Env:
             "watch": {"every": "1s", "false_alarm_every": "1h", "blind_after": "3s", "resend": "5s", "on_breach": on_breach,
                       "gates": {"errors": {"max": "0.5%", "what": "error rate", "prometheus": {"url": prom_url, **ERRORS}}}},
         }
+        if bake:
+            plan["bake"] = {"duration": bake}
         self.plan = tmp / "plan.yaml"
         self.plan.write_text(yaml.safe_dump(plan, sort_keys=False))
         self.env = {"ROLLOUT_STATE_DIR": str(self.state), "ROLLOUT_ACTOR": "pytest"}
@@ -112,8 +114,8 @@ def env(tmp_path: Path, alertmanager: str) -> Iterator[Any]:  # noqa: F811
     prom_dir = tmp_path / "prom"
     prom_dir.mkdir()
 
-    def make(on_breach: str = "revert", prom_url: str | None = None) -> Env:
-        e = Env(tmp_path, prom_url or make.prom.url, alertmanager, on_breach)
+    def make(on_breach: str = "revert", prom_url: str | None = None, bake: str | None = None) -> Env:
+        e = Env(tmp_path, prom_url or make.prom.url, alertmanager, on_breach, bake)
         made.append(e)
         return e
 
@@ -242,3 +244,58 @@ def test_a_blind_watch_alerts_and_never_reverts_and_a_killed_watch_goes_on(env: 
         assert wait_until(lambda: not _active(env.am, "RolloutWatchBlind"), 15), "the blind alert did not resolve"
     finally:
         traffic.close()
+
+
+def _run_with_traffic(e: Env) -> tuple[subprocess.CompletedProcess[str], Traffic | None, dict[str, int]]:
+    """`rollout run --version v2` in the background, users' traffic through the router once it exists;
+    returns the run, the traffic, and the pids of both versions seen while the bake ran."""
+    proc = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(e.plan), "--version", "v2"], cwd=ROOT,
+                            env={**os.environ, **e.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    traffic = None
+    pids: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while traffic is None and time.monotonic() < deadline and proc.poll() is None:
+            router = (e.state_doc().get("backend") or {}).get("router") or {}
+            if router.get("port"):
+                traffic = Traffic(f"http://127.0.0.1:{router['port']}", seconds=120)
+            time.sleep(0.2)
+        while proc.poll() is None and time.monotonic() < deadline + 60:
+            st = e.state_doc()
+            if st.get("split", {}).get("weight") == 1.0:  # baking: both processes must be alive
+                b = st.get("backend") or {}
+                pids = {r: b[r]["pid"] for r in ("stable", "canary") if b.get(r)}
+            time.sleep(0.3)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if traffic is not None:
+            traffic.close()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), traffic, pids
+
+
+def test_a_clean_bake_promotes_and_releases_the_previous_version(env: Any) -> None:
+    e = env("revert", bake="8s")
+    r, traffic, pids = _run_with_traffic(e)
+    assert r.returncode == 0, r.stdout
+    assert "bake of v2 clean" in r.stdout, r.stdout
+    assert set(pids) == {"stable", "canary"}, "during the bake the previous version is kept running"
+    st = e.state_doc()
+    assert st["stable_version"] == "v2" and st["phase"] == "promoted"
+    assert not alive(pids["stable"]), "after a clean bake the previous version is released"
+    assert [h["action"] for h in st["history"] if h["action"].startswith("bake")] == ["bake-started", "bake-clean"]
+
+
+def test_a_breach_during_the_bake_rolls_back_to_the_version_kept_ready(env: Any) -> None:
+    e = env("revert", bake="40s")
+    e.degrade("v2", error_rate=0.08)  # passes the stage's lax gate (50 %), not the watch's 0.5 %
+    r, traffic, pids = _run_with_traffic(e)
+    assert r.returncode == 1, r.stdout
+    st = e.state_doc()
+    assert st["phase"] == "rolled-back" and st["stable_version"] == "v1"
+    assert "bake:" in st["reason"] and "over the last" in st["reason"], st["reason"]
+    assert pids and alive(pids["stable"]), "the version kept ready serves again: the same process, not a restart"
+    assert traffic is not None and traffic.versions[-1][1] == "v1"
+    assert wait_until(lambda: _active(env.am, "RolloutGateFailed"), 15)

@@ -95,3 +95,15 @@ def test_watch_limits_are_shares_strictly_between_0_and_100(bad: dict) -> None:
 
     with pytest.raises(ValidationError):
         watch(gates={"errors": {"prometheus": {"url": "http://x:1", "bad": "b", "total": "t"}, **bad}})
+
+
+def test_a_bake_needs_the_watch_gates_it_judges_with(base_plan: dict, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rollout.errors import PlanInvalid
+    from rollout.plan.loader import load_plan
+    from tests.conftest import write_plan
+
+    with pytest.raises(PlanInvalid) as exc:
+        load_plan(write_plan(tmp_path, {**base_plan, "bake": {"duration": "10m"}}))
+    assert any("watch" in i.expected for i in exc.value.issues)
+    ok = {**base_plan, "bake": {"duration": "10m"}, "watch": {"gates": {"errors": {"max": "1%", "prometheus": {"url": "http://127.0.0.1:9090", "bad": "b", "total": "t"}}}}}
+    assert load_plan(write_plan(tmp_path, ok)).plan.bake.duration == 600.0

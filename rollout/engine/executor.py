@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from rollout.backends.base import Backend, StateStore
 from rollout.engine.decide import Action, Kind, decide, stage_split
 from rollout.engine.state import (
+    ALL_CANARY,
     ALL_STABLE,
     Phase,
     RolloutSummary,
@@ -223,6 +224,10 @@ class Engine:
                 if result == "review":
                     return Outcome("awaiting-review", self._review_hint(), EXIT_PAUSED)
             elif action.kind is Kind.PROMOTE:
+                if self.plan.bake is not None:
+                    ended = self._bake()
+                    if ended is not None:
+                        return ended
                 self._promote()
                 return Outcome("promoted", f"{self.state.stable_version} promoted: it serves all traffic")
 
@@ -491,6 +496,30 @@ class Engine:
         else:  # a canary that never came up is no rollout to keep in history (the audit trail keeps what happened)
             st.canary_version = None
         self.save()
+
+    def _bake(self) -> Outcome | None:
+        """All traffic on the canary, the previous version kept ready, judged by the watch gates for bake.duration
+        (rollout.engine.bake). None when the bake was clean (promote next); else how driving ends."""
+        from rollout.engine.bake import bake
+
+        st, b = self.state, self.plan.bake
+        assert b is not None and st.canary_version is not None
+        if st.split != ALL_CANARY:
+            self._shift(ALL_CANARY, f"bake: {st.canary_version} serves everyone, {st.stable_version} kept ready")
+        self._audit("bake-started", f"bake of {st.canary_version} for {b.duration:g}s, judged by the watch gates "
+                    f"({', '.join(self.plan.watch.gates) if self.plan.watch else '-'})")
+        self.save()
+        result = bake(self.plan, st.canary_version, self._serve_between_steps, self.out.event, self.clock)
+        if result.verdict == "request":
+            return result.outcome
+        if result.verdict == "clean":
+            self._audit("bake-clean", result.message)
+            self.save()
+            return None
+        self.notifier.emit("gate-failed", f"bake of {st.canary_version} failed: {result.message}; rolling back to {st.stable_version}",
+                           self._alert_details(**result.details))
+        self._rollback("rollback", f"bake: {result.message}")
+        return Outcome("rolled-back", self.state.reason, EXIT_GATE_FAILED)
 
     def _promote(self, manual: str = "", reason: str = "") -> None:
         """Promotion: after every stage passed, or `manual` (a person's `promote --full`: why, for the record)."""

@@ -517,6 +517,14 @@ class Plan(Strict):
     )
     watch: Watch | None = Field(None, description="`rollout watch`: continuous judgement of the live version, "
                                 "alerts and automatic revert (rollout.plan.watch)")
+    bake: Bake | None = Field(None, description="after the last stage: all traffic on the new version for `duration`, judged "
+                              "by the watch gates, the previous version kept ready; a breach rolls back (needs `watch:`)")
+
+    @model_validator(mode="after")
+    def _bake_needs_watch(self) -> Plan:
+        if self.bake is not None and self.watch is None:
+            raise ValueError("a `watch:` section with the bake's gates when `bake:` is given (the bake judges with them)")
+        return self
 
     def stage_gates(self, index: int) -> dict[str, Gate]:
         """The plan's gates with the stage's merged over them by name (null removes one)."""
@@ -543,6 +551,6 @@ class Plan(Strict):
 
 
 
-from rollout.plan.watch import Watch  # noqa: E402  (it builds on this module's types; Plan refers to it)
+from rollout.plan.watch import Bake, Watch  # noqa: E402  (it builds on this module's types; Plan refers to it)
 
 Plan.model_rebuild()

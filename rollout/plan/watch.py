@@ -67,3 +67,11 @@ class Watch(Strict):
     blind_after: Duration = Field(60.0, ge=1, description="no data for this long → alert that the watch is blind (never a revert)")
     resend: Duration = Field(300.0, ge=1, description="re-send a firing alert this often (Alertmanager ends alerts not re-sent)")
     gates: dict[str, WatchGate] = Field(min_length=1, description="the rates judged, by name")
+
+
+class Bake(Strict):
+    """After the last stage: all traffic on the new version, the previous one kept running for an instant
+    revert, judged by the `watch:` gates for `duration`. A breach rolls back at once; only a clean bake
+    (no breach, and some evidence) ends in `promoted`, after which the previous version is released."""
+
+    duration: Duration = Field(gt=0, le=7 * 86400, description="how long the new version serves everyone before it is promoted")

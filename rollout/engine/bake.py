@@ -1,0 +1,72 @@
+"""The bake: after the last stage, the new version serves everyone while the previous one is kept ready.
+
+The executor shifts all traffic to the canary (a recorded transition, like any shift), then this loop
+judges the canary with the plan's `watch:` gates — the same counters and CUSUM as `rollout watch`, on
+the canary version — every `watch.every` seconds for `bake.duration`, serving operators' requests
+between checks. The previous version keeps running the whole time, so a rollback is one router or
+route update. The verdict:
+
+- a breach → "breach" with the numbers: the executor rolls back at once (all traffic to the previous
+  version, canary stopped) and the rollout ends rolled back;
+- no evidence at all (every read failed, or no request was counted) → "no-evidence": a bake that saw
+  nothing is not a clean bake, and the executor rolls back, saying so (missing data never *fails* a
+  version in a watch, but a promotion needs evidence);
+- otherwise "clean": the executor promotes and the previous version is released.
+
+A process killed mid-bake leaves the state at "every stage passed", split all on the canary: the next
+`rollout run` bakes again from the start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rollout.watch.monitor import Monitor
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    verdict: str  # clean | breach | no-evidence | request
+    message: str
+    details: dict[str, Any]
+    outcome: Any = None  # the Outcome of an operator's request that ended the bake
+
+
+def bake(plan: Any, version: str, serve: Callable[[], Any], say: Callable[[str], None],
+         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> BakeResult:
+    from rollout.watch.sources import PrometheusCounters
+
+    watch, duration = plan.watch, plan.bake.duration
+    monitor = Monitor(watch)
+    monitor.reset(version)
+    source = PrometheusCounters()
+    start = clock()
+    last_say = 0.0
+    try:
+        while True:
+            t = clock()
+            outcome = serve()
+            if outcome is not None:
+                return BakeResult("request", "an operator's request ended the bake", {}, outcome)
+            readings = {name: source.read(name, gate, version, "canary") for name, gate in watch.gates.items()}
+            for ev in monitor.observe(t, version, readings):
+                if ev.kind == "breach":
+                    return BakeResult("breach", ev.message, ev.details)
+                if ev.kind == "blind":
+                    say(f"bake: {ev.message}")
+            if t - last_say >= 10.0:
+                say(f"bake {t - start:,.0f}s of {duration:g}s: {monitor.summary()}")
+                last_say = t
+            if clock() - start >= duration:
+                break
+            sleep(max(0.0, min(watch.every, duration - (clock() - start)) - (clock() - t)))
+    finally:
+        source.close()
+    seen = sum(r.detector.total_n for r in monitor.gates.values())
+    if not seen:
+        why = "; ".join(f"{n}: {e}" for n, e in source.last_error.items()) or "no request was counted"
+        return BakeResult("no-evidence", f"the bake of {version} saw no data in {duration:g}s ({why}): not a clean bake", {"version": version})
+    return BakeResult("clean", f"bake of {version} clean for {duration:g}s: {monitor.summary()}", {"version": version})
