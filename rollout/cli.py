@@ -20,6 +20,8 @@ try:  # recent typer vendors its own click; its usage errors derive from this
 except ImportError:  # pragma: no cover
     from click import ClickException  # type: ignore[no-redef]
 
+from rollout.plan.names import printable
+from rollout.plan.limits import MAX_USERS, MAX_WORKERS
 from rollout.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -63,7 +65,7 @@ JunitOpt = Annotated[Optional[str], typer.Option("--junit", help="write a JUnit 
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="write the full JSON report (re-render it with `rollout report`)", metavar="FILE")]
 MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)", metavar="FILE")]
 HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, max=MAX_WORKERS, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
@@ -138,11 +140,19 @@ def validate(plan: PlanArg, output: OutputOpt = Output.text) -> int:
             return EXIT_BAD_INPUT
         raise
     if output is Output.json:
-        print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan)}, indent=2))
+        print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan),
+                          "warnings": [w.as_dict() for w in loaded.warnings]}, indent=2))
     else:
+        _warn(loaded)
         print(plan_tables(loaded.plan))
-        print(f"\n✔ {plan} is a valid plan")
+        print(f"\n✔ {printable(plan)} is a valid plan" + (f" ({len(loaded.warnings)} warning(s) above)" if loaded.warnings else ""))
     return EXIT_OK
+
+
+def _warn(loaded: Any) -> None:
+    """A valid plan's likely mistakes (rollout.plan.loader.plan_warnings), on stderr."""
+    for w in loaded.warnings:
+        print(f"Warning: {printable(w.render())}", file=sys.stderr)
 
 
 @app.command()
@@ -161,6 +171,7 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
     if images:
         version = images[0]
     loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn, images=images)
+    _warn(loaded)
     if loaded.plan.load.runner == "kubernetes":
         from rollout.errors import UsageError
 
@@ -445,11 +456,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = EXIT_BAD_INPUT
     except PlanInvalid as exc:
         for issue in exc.issues:
-            print(issue.render(), file=sys.stderr)
-        print(exc.render(), file=sys.stderr)
+            print(printable(issue.render()), file=sys.stderr)
+        print(printable(exc.render()), file=sys.stderr)
         code = exc.exit_code
     except RolloutError as exc:
-        print(exc.render(), file=sys.stderr)
+        print(printable(exc.render(), keep_newlines=True), file=sys.stderr)
         code = exc.exit_code
     except (KeyboardInterrupt, Interrupted) as exc:
         detail = getattr(exc, "detail", "") or "the state records where it stopped"
@@ -461,7 +472,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         import os
         import traceback
 
-        print(f"Error: internal error {type(exc).__name__}: {exc} — this is a bug in rollout; "
+        print(f"Error: internal error {type(exc).__name__}: {printable(exc)} — this is a bug in rollout; "
               "rerun with ROLLOUT_DEBUG=1 for the trace and report it", file=sys.stderr)
         if os.environ.get("ROLLOUT_DEBUG"):
             traceback.print_exc()

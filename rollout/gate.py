@@ -34,6 +34,7 @@ the CLI imports it first, before anything that imports ssl.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import sys
@@ -44,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, InfraError, UsageError
+from rollout.plan.limits import INT32_MAX, MAX_USERS, MAX_WORKERS
 from rollout.plan.model import Gate
 from rollout.plan.units import (
     fmt_duration,
@@ -191,7 +193,7 @@ def resolve(
             raise UsageError(f"{plan_path}: the plan has no load.host and no --host was given", "give the candidate's URL with --host")
         lf = Path(locustfile) if locustfile else loaded.resolve(plan.load.locustfile)
         users = users or plan.load.users
-        spawn = spawn_rate or plan.load.spawn_rate or float(users)
+        spawn = spawn_rate if spawn_rate is not None else (plan.load.spawn_rate or float(users))
         if duration is None:
             pre = next((i for i, s in enumerate(plan.stages) if s.load_to == "canary"), 0)
             dur = plan.stages[pre].duration
@@ -227,7 +229,7 @@ def resolve(
         assert host and locustfile and duration
         lf = Path(locustfile)
         users = users or 10
-        spawn = spawn_rate or float(users)
+        spawn = spawn_rate if spawn_rate is not None else float(users)
         dur = _duration(duration)
         header, roles, max_requests, plan_workers = "X-Version", {}, None, 0
     gates.update(parse_gates(gate_exprs, min_requests))
@@ -252,13 +254,20 @@ def resolve(
         base = load_baseline(baseline, lf)
     if users < 1:
         raise UsageError(f"--users {users}: at least 1 user", "give --users N with N ≥ 1")
+    if users > MAX_USERS:  # the plan's own cap (load.users): 10,000,000 users would exhaust memory
+        raise UsageError(f"--users {users:,}: at most {MAX_USERS:,} users", f"give --users N with 1 ≤ N ≤ {MAX_USERS:,} (more load: --workers)")
+    if not math.isfinite(spawn) or spawn <= 0 or spawn > MAX_USERS:
+        raise UsageError(f"--spawn-rate {spawn_rate}: users started per second must be a finite number > 0 and at most {MAX_USERS:,}",
+                         "give --spawn-rate such as 10 (or leave it out: all users at once)")
+    if min_requests > INT32_MAX:
+        raise UsageError(f"--min-requests {min_requests}: at most {INT32_MAX:,}", "give --min-requests such as 100")
     if dur <= 0:
         raise UsageError(f"--duration {duration}: the load must run for some time", "give --duration such as 30s or 2m")
     if not gates:
         raise UsageError("no gate can judge this run" + (f" (skipped: {', '.join(skipped)})" if skipped else ""), "add --gate 'p95<300ms' or absolute gates to the plan")
     n_workers = plan_workers if workers is None else workers
-    if n_workers < 0:
-        raise UsageError(f"--workers {n_workers}: not a number of processes", "give --workers N with N ≥ 0 (0: load in this process)")
+    if n_workers < 0 or n_workers > MAX_WORKERS:
+        raise UsageError(f"--workers {n_workers}: not a number of processes", f"give --workers N with 0 ≤ N ≤ {MAX_WORKERS} (0: load in this process)")
     return GateSetup(
         host=host.rstrip("/"), locustfile=lf, users=users, spawn_rate=spawn, duration=dur, gates=gates, skipped=skipped,
         version_header=header, roles=roles, max_requests=max_requests, plan=loaded, workers=n_workers,
@@ -267,10 +276,10 @@ def resolve(
 
 
 def _duration(text: str) -> float:
-    try:
+    try:  # the plan's parser: finite (no nan/inf) and at most 720h
         return parse_duration(text.strip())
-    except ValueError:
-        raise UsageError(f"--duration {text!r} is not a duration", "expected a duration such as 30s, 5m or 1h") from None
+    except ValueError as exc:
+        raise UsageError(f"--duration {text!r} is not a duration: expected {exc}", "give a duration such as 30s, 5m or 1h") from None
 
 
 class _Progress:

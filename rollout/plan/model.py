@@ -29,6 +29,7 @@ from pydantic import (
 
 from rollout.notify import Webhook
 from rollout.plan import names
+from rollout.plan.limits import MAX_USERS, MAX_WORKERS
 from rollout.plan.units import parse_duration, parse_latency, parse_percent, parse_weight
 
 
@@ -106,8 +107,6 @@ Threshold = Annotated[
 ]
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-MAX_USERS = 100000  # concurrent users in one process group; `rollout gate --users` has the same cap
-MAX_WORKERS = 64  # local Locust worker processes; `--workers` has the same cap
 LATENCY_METRICS = ("p50", "p90", "p95", "p99")
 METRICS = ("error_rate", *LATENCY_METRICS)
 

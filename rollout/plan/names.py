@@ -24,6 +24,8 @@ import shlex
 import unicodedata
 from urllib.parse import urlsplit
 
+from rollout.plan.limits import INT32_MAX
+
 # -- names -----------------------------------------------------------------------
 
 VERSION_RULE = (
@@ -51,10 +53,13 @@ IMAGE_RULE = "an image reference: [registry[:port]/]repository[:tag][@digest], e
 
 URL_RULE = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:8080"
 
-INT32_MAX = 2**31 - 1  # Kubernetes integers (replicas, ports) are int32
 
 # C0 and C1 controls, DEL, and the Unicode controls that reorder or hide text on a terminal
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+__all__ = ["INT32_MAX", "check_command", "check_env_name", "check_header_name", "check_header_value", "check_image",
+           "check_url", "check_version_name", "control_chars", "is_control", "printable"]
 
 
 def is_control(ch: str) -> bool:
