@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from rollout.engine.state import StageStatus, State, to_dict
 from rollout.plan.model import Gate, Plan
+from rollout.plan.names import printable
 from rollout.plan.units import fmt_duration, fmt_percent
 
 
@@ -61,8 +62,8 @@ def plan_tables(plan: Plan) -> str:
         for name, g in (s.gates or {}).items():
             grows.append([f"{name} (stage {s.name})", _metric_label(g) if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", g.min_requests if g else "-"])
     gates = tabulate(grows, headers=["gate", "metric", "on", "passes when", "min requests"]) if grows else "(no gates)"
-    head = f"Plan `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}> — backend {plan.target.backend}"
-    return f"{head}\n\n{stages}\n\n{gates}"
+    head = f"Plan `{plan.name}` — owner {printable(plan.owner.name)} <{printable(plan.owner.contact)}> — backend {plan.target.backend}"
+    return printable(f"{head}\n\n{stages}\n\n{gates}", keep_newlines=True)
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:
@@ -109,10 +110,11 @@ def _when(ts: float | None) -> str:
 def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, location: str) -> str:
     if state is None:
         return f"Rollout `{plan.name}`: nothing recorded yet ({location}); `rollout run` starts one."
+    pr = printable  # every string from the plan or the state file on one line, control characters escaped
     lines = [
-        f"Rollout `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}>",
-        f"Phase:    {state.phase.value}" + (f" — {state.reason}" if state.reason else ""),
-        f"Stable:   {state.stable_version}" + (f"    Canary: {state.canary_version}" if state.canary_version else ""),
+        f"Rollout `{plan.name}` — owner {pr(plan.owner.name)} <{pr(plan.owner.contact)}>",
+        f"Phase:    {state.phase.value}" + (f" — {pr(state.reason)}" if state.reason else ""),
+        f"Stable:   {pr(state.stable_version)}" + (f"    Canary: {pr(state.canary_version)}" if state.canary_version else ""),
         f"Traffic:  {state.split.describe()}",
     ]
     if state.phase.active:
@@ -127,7 +129,7 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
         for role in ("stable", "canary"):
             p = live.get(role)
             if p:
-                bits.append(f"{role} {p['version']} pid {p['pid']} :{p['port']} {'up' if p['alive'] else 'DOWN'}")
+                bits.append(f"{role} {printable(p['version'])} pid {p['pid']} :{p['port']} {'up' if p['alive'] else 'DOWN'}")
         r = live.get("router")
         if r:
             lw = r.get("live", {}).get("weight")
@@ -135,20 +137,20 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
         if bits:
             lines.append("Live:     " + "; ".join(bits))
     for note in notes(state):
-        lines.append(f"Note:     {note}")
+        lines.append(f"Note:     {pr(note)}")
     if state.stages:
         rows = []
         for r in state.stages:
             s = r.stats.get("all", {})
-            rows.append([r.index + 1, r.name, r.split.describe(), r.status.value, f"{s.get('requests', 0):,}", "; ".join(f"{v['gate']}: {v['message']}" for v in r.verdicts if v["status"] in ("fail", "inconclusive")) or r.reason])
+            rows.append([r.index + 1, pr(r.name), pr(r.split.describe()), r.status.value, f"{s.get('requests', 0):,}", pr("; ".join(f"{v['gate']}: {v['message']}" for v in r.verdicts if v["status"] in ("fail", "inconclusive")) or r.reason)])
         lines += ["", tabulate(rows, headers=["#", "stage", "traffic", "status", "requests", "verdict"])]
     if state.past:
-        rows = [[p.number, f"{p.stable} → {p.canary}", p.outcome, _when(p.ended_at), p.reason[:120]] for p in state.past[-5:]]
+        rows = [[r.number, pr(f"{r.stable} → {r.canary}"), r.outcome, _when(r.ended_at), pr(r.reason[:120])] for r in state.past[-5:]]
         lines += ["", "Past rollouts:", tabulate(rows, headers=["#", "versions", "outcome", "ended", "why"])]
-    hist = [[_when(h.at), h.who, h.action, h.detail[:110]] for h in state.history[-10:]]
+    hist = [[_when(h.at), pr(h.who), pr(h.action), pr(h.detail[:110])] for h in state.history[-10:]]
     if hist:
         lines += ["", "History (latest 10):", tabulate(hist, headers=["when", "who", "action", "detail"])]
-    return "\n".join(lines)
+    return printable("\n".join(lines), keep_newlines=True)
 
 
 def status_dict(state: State | None, live: dict[str, Any] | None, location: str) -> dict[str, Any]:
