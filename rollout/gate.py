@@ -36,17 +36,17 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, InfraError, UsageError
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
 from rollout.plan.limits import INT32_MAX, MAX_USERS, MAX_WORKERS
 from rollout.plan.model import Gate
+from rollout.probe import PROBE_TIMEOUT, host_port
+from rollout.probe import probe as _probe
 from rollout.plan.units import (
     fmt_duration,
     parse_duration,
@@ -54,7 +54,6 @@ from rollout.plan.units import (
     parse_percent,
 )
 
-PROBE_TIMEOUT = 3.0
 METRIC_ALIASES = {"errors": "error_rate", "error_rate": "error_rate", "error-rate": "error_rate", "p50": "p50", "p90": "p90", "p95": "p95", "p99": "p99"}
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(<=|<|≤)\s*(\S.*?)\s*$")
 EXAMPLES = "such as 'p95<300ms' or 'errors<1%'"
@@ -92,38 +91,12 @@ def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
 
 
 def check_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--host {url!r} is not an http(s) URL", "give the target as http://HOST:PORT or https://HOST")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise UsageError(f"--host {url!r} has an invalid port", "give the target as http://HOST:PORT") from None
-    return parts.hostname, port
+    return host_port(url, "--host")
 
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     """A TCP connect to the target, bounded in time: unreachable is exit 3 within seconds, before any load."""
-    host, port = check_url(url)
-    t0 = time.monotonic()
-    try:
-        import gevent  # under gevent (the CLI imports locust first) the name lookup is bounded too
-
-        bound: Any = gevent.Timeout(timeout + 2.0, TimeoutError(f"no answer within {timeout + 2.0:g}s"))
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        bound = contextlib.nullcontext()
-    try:
-        with bound, socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as exc:  # refused, timed out, no route, unknown name
-        took = time.monotonic() - t0
-        why = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else (exc.strerror or str(exc) or type(exc).__name__)
-        raise InfraError(
-            f"target {url} is unreachable: {why} ({host}:{port}, after {took:.1f}s)",
-            "check that the service is up and the URL (--host or load.host) is right; no load was run",
-        ) from None
+    _probe(url, timeout, "target", "check that the service is up and the URL (--host or load.host) is right; no load was run")
 
 
 def version_of(url: str, header: str, timeout: float = PROBE_TIMEOUT) -> str | None:

@@ -77,7 +77,12 @@ def control_chars(text: str, allow: str = "") -> list[str]:
     return seen
 
 
+_SHORT = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
 def _escape(ch: str) -> str:
+    if ch in _SHORT:
+        return _SHORT[ch]
     code = ord(ch)
     if code < 0x100:
         return f"\\x{code:02x}"
