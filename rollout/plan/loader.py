@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from rollout.errors import PlanInvalid, PlanIssue
 from rollout.plan import names
+from rollout.plan.names import printable
 from rollout.plan.model import LocalTarget, Plan
 
 Loc = tuple[str | int, ...]
@@ -156,7 +157,7 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_object(node, deep=True)
     except yaml.MarkedYAMLError:
         raise
-    except (ValueError, TypeError, OverflowError, ArithmeticError, yaml.YAMLError) as exc:
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise anything on odd input (`!!timestamp x`: AttributeError)
         raise _Refused(_line(node), f"a value YAML cannot read: {names.printable(str(exc).split(';')[0])[:120]}", "a valid YAML value") from None
 
 
@@ -564,8 +565,12 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
     if isinstance(locustfile, str) and locustfile:
         lf = Path(locustfile)
         lf_path = lf if lf.is_absolute() else base / lf
-        if not lf_path.is_file():
-            add(("load", "locustfile"), repr(locustfile), f"an existing locustfile (looked at {lf_path})")
+        try:
+            exists = lf_path.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL: no such file either
+            exists = False
+        if not exists:
+            add(("load", "locustfile"), repr(locustfile), f"an existing locustfile (looked at {printable(str(lf_path))[:300]})")
 
     plan_gates = _get(data, "gates")
     plan_gates = plan_gates if isinstance(plan_gates, dict) else {}
