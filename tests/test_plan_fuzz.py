@@ -83,8 +83,14 @@ def _slots(node: Any, out: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
     return out
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when present: the mutation is not what is measured
+_PARSED: dict[str, Any] = {}
+
+
 def _mutate_data(rng: random.Random, text: str) -> str:
-    data = yaml.safe_load(text)
+    if text not in _PARSED:
+        _PARSED[text] = yaml.safe_load(text)
+    data = copy.deepcopy(_PARSED[text])
     for _ in range(rng.randint(1, 3)):
         slots = _slots(data, [])
         if not slots:
@@ -105,7 +111,7 @@ def _mutate_data(rng: random.Random, text: str) -> str:
             holder.append(copy.deepcopy(rng.choice(HOSTILE)))
         else:
             holder[rng.choice(KEYS)] = copy.deepcopy(rng.choice(HOSTILE))
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=rng.random() < 0.5)
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=rng.random() < 0.5)
 
 
 def _mutate_text(rng: random.Random, text: str) -> str:
@@ -195,7 +201,7 @@ def test_a_sample_of_mutated_plans_through_the_cli(tmp_path: Path) -> None:
     """The CLI as users run it: exit 0 or 2, never 70, no traceback, no raw control characters on the terminal."""
     mutants = _mutants(tmp_path, 400, SEED + 1)
     rng = random.Random(SEED + 2)
-    sample = rng.sample(mutants, 6)
+    sample = rng.sample(mutants, 5)
     codes = []
     for i, text in sample:
         path = tmp_path / f"mutant-{i}.yaml"
