@@ -116,7 +116,10 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     backend, store = factory.make(loaded, state_dir, **(conn or {}))
     if images:
         backend.set_images(*images)
-    return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+    from rollout.probe import probe  # commands that run load probe their targets before the first stage
+
+    return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner,
+                                         probe=probe if with_load else None)
 
 
 def _finish(outcome: Any) -> int:

@@ -73,6 +73,7 @@ class Engine:
         load_runner: LoadRunner | None = None,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        probe: Callable[..., None] | None = None,
     ) -> None:
         self.loaded = loaded
         self.plan = loaded.plan
@@ -81,6 +82,7 @@ class Engine:
         self.out = reporter
         self.who = who
         self.load_runner = load_runner
+        self.probe = probe  # rollout.probe.probe from the CLI; None: no probe (tests whose load is simulated)
         self.clock = clock
         self.state: State = self._load()
         backend.checkpoint = self.save
@@ -202,8 +204,8 @@ class Engine:
         (exit 3, with the URL), found in seconds: a stage loading it would only end
         in review with "0 requests". Traffic is not touched; the state says where it stopped.
         """
-        from rollout.probe import probe
-
+        if self.probe is None:
+            return
         wanted = {s.load_to for s in self.plan.stages[first:]}
         urls = []
         if "entry" in wanted:
@@ -212,7 +214,7 @@ class Engine:
             urls.append(("canary URL", self.backend.canary_url(self.state)))
         for what, url in urls:
             try:
-                probe(url, what=what, hint="check that it is up and the plan's URL is right (target.entry_url, target.canary_url, "
+                self.probe(url, what=what, hint="check that it is up and the plan's URL is right (target.entry_url, target.canary_url, "
                       "load.host); no stage ran: `rollout run` again once it answers, or `rollout revert`")
             except Exception as exc:
                 self._audit("unreachable", getattr(exc, "what", str(exc)))
