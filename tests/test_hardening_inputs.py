@@ -406,3 +406,10 @@ def test_run_with_an_unreachable_entry_point_exits_3_naming_it(tmp_path: Path) -
 
         state = json.loads(s.stdout)["state"]
         assert state["stages"] == [] and any(h["action"] == "unreachable" for h in state["history"])
+
+
+@pytest.mark.parametrize("verb", ["run", "status", "down"])
+def test_state_dir_that_is_not_a_directory_is_bad_input(tmp_path: Path, base_plan: dict, verb: str) -> None:
+    r = run_cli(verb, str(write_plan(tmp_path, base_plan)), "--state-dir", "/dev/null")
+    assert r.returncode == 2, r.stderr
+    assert "--state-dir /dev/null: /dev/null exists and is not a directory" in r.stderr and "internal error" not in r.stderr
