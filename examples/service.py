@@ -5,6 +5,9 @@
 
 Endpoints:
     GET /healthz          200 "ok" (no simulated latency or errors)
+    GET /metrics          Prometheus metrics (prometheus_client): http_requests_total{version,status},
+                          http_request_duration_seconds{version} (histogram), answer_confidence{version}
+                          (histogram) -- for Prometheus gates and `rollout watch` against a real Prometheus
     GET /api/answer?q=..  200 {"version": "v2", "answer": "...", "confidence": 0.93}
                           with `X-Version: v2`; an `--error-rate` share of requests
                           get 500 {"version": ..., "error": ...}, also with X-Version.
@@ -15,6 +18,10 @@ Behaviour per request on /api/answer:
                slept cooperatively, so one process serves many requests at once
     errors     each request fails with probability `--error-rate` (after its latency)
     confidence normal around `--confidence` (sd 0.05), clipped to [0, 1]
+
+A running version can be degraded from outside (tests, demos of `rollout watch`): with `--control-file F`,
+a JSON file {"error_rate": 0.02, "confidence": 0.6} (either key) overrides those flags while it exists;
+it is re-read at most every 0.2 s.
 
 Units: --latency 20ms / 0.02s / 20 (bare number: ms); --error-rate 4% / 0.04
 (bare number: a fraction). `--seed` makes the sequence of draws reproducible.
@@ -40,6 +47,7 @@ from gevent import sleep as gsleep
 from gevent import signal_handler
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 _ANSWERS = (
     "42",
@@ -77,6 +85,16 @@ class Service:
         self.confidence = confidence
         self.rng = random.Random(seed)
         self.in_flight = 0
+        self.base = (error_rate, confidence)
+        self.control_file: str | None = None
+        self._control_read = 0.0
+        self.registry = CollectorRegistry()
+        self.requests = Counter("http_requests_total", "Requests to /api/answer by version and status.",
+                                ["version", "status"], registry=self.registry)
+        self.latency = Histogram("http_request_duration_seconds", "Latency of /api/answer.", ["version"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.5))
+        self.confidence_hist = Histogram("answer_confidence", "Confidence score of answers.", ["version"], registry=self.registry,
+                                    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95))
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -88,22 +106,47 @@ class Service:
                 self.in_flight -= 1
         if path == "/healthz":
             return self.reply(start_response, "200 OK", b"ok\n", "text/plain")
+        if path == "/metrics":
+            return self.reply(start_response, "200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST)
         body = json.dumps({"version": self.version, "error": f"no such path {path}"}).encode()
         return self.reply(start_response, "404 Not Found", body)
 
+    def apply_control(self) -> None:
+        """--control-file: overrides of error_rate / confidence while the file exists (re-read every 0.2 s)."""
+        now = time.monotonic()
+        if self.control_file is None or now - self._control_read < 0.2:
+            return
+        self._control_read = now
+        try:
+            with open(self.control_file, encoding="utf-8") as f:
+                over = json.load(f)
+        except (OSError, ValueError):
+            over = {}
+        self.error_rate = float(over.get("error_rate", self.base[0]))
+        self.confidence = float(over.get("confidence", self.base[1]))
+
     def answer(self, environ, start_response):
         rng = self.rng
+        self.apply_control()
+        started = time.perf_counter()
         if self.mu is not None:
             delay = rng.lognormvariate(self.mu, self.jitter) if self.jitter > 0 else math.exp(self.mu)
             gsleep(delay)
         if self.error_rate and rng.random() < self.error_rate:
             body = json.dumps({"version": self.version, "error": "simulated failure"}).encode()
+            self.observe("500", started)
             return self.reply(start_response, "500 Internal Server Error", body)
         q = parse_qs(environ.get("QUERY_STRING", "")).get("q", [""])[0]
         confidence = min(1.0, max(0.0, rng.gauss(self.confidence, 0.05)))
+        self.observe("200", started)
+        self.confidence_hist.labels(self.version).observe(confidence)
         answer = _ANSWERS[sum(q.encode()) % len(_ANSWERS)]
         body = json.dumps({"version": self.version, "answer": answer, "confidence": round(confidence, 4)}).encode()
         return self.reply(start_response, "200 OK", body)
+
+    def observe(self, status: str, started: float) -> None:
+        self.requests.labels(self.version, status).inc()
+        self.latency.labels(self.version).observe(time.perf_counter() - started)
 
     def reply(self, start_response, status: str, body: bytes, content_type: str = "application/json"):
         start_response(
@@ -136,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--error-rate", default="0%", help="share of /api/answer answered 500 (4%% or 0.04)")
     p.add_argument("--confidence", type=float, default=0.9, help="mean confidence score in answers (0..1)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible latency/error/confidence draws")
+    p.add_argument("--control-file", default=None, help="JSON {error_rate, confidence} overriding the flags while it exists")
     args = p.parse_args(argv)
     try:
         latency_ms = parse_latency_ms(args.latency)
@@ -146,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--latency and --jitter must be >= 0 and --confidence within 0..1")
 
     app = Service(args.version, latency_ms, args.jitter, error_rate, args.confidence, args.seed)
+    app.control_file = args.control_file
     server = Server((args.host, args.port), app, log=None, error_log=sys.stderr, backlog=1024)
 
     stopping = Event()

@@ -70,6 +70,8 @@ KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kube
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+MetricsOpt = Annotated[Optional[str], typer.Option("--metrics-port", help="serve the tool's own Prometheus metrics on this port "
+                                                 "(127.0.0.1; HOST:PORT to choose, e.g. 0.0.0.0:9464 in a pod)", metavar="[HOST:]PORT")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option("--image", help="kubernetes: CONTAINER=IMAGE for the canary, repeatable (instead of the plan's version images; "
                                                       "the version is --version, else the images' tag)", metavar="NAME=REF")]
 
@@ -167,9 +169,25 @@ def schema() -> int:
     return EXIT_OK
 
 
+def _exporter(plan_name: str, metrics: str | None) -> Any:
+    if not metrics:
+        return None
+    from rollout.errors import BackendError, UsageError
+    from rollout.exporter import Exporter, parse_address
+
+    try:
+        parse_address(metrics)
+    except ValueError as exc:
+        raise UsageError(f"--metrics-port {metrics!r}: expected {exc}", "e.g. --metrics-port 9464") from None
+    try:
+        return Exporter(plan_name, metrics)
+    except OSError as exc:
+        raise BackendError(f"cannot serve metrics on {metrics}: {exc.strerror or exc}", "pick a free port") from None
+
+
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None) -> int:
+           workers: int | None = None, metrics: str | None = None) -> int:
     images = _images(image, version)
     if images:
         version = images[0]
@@ -195,6 +213,12 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
             engine.load_runner = distributed_runner(n_workers)
         capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
+        exporter = _exporter(loaded.plan.name, metrics)
+        if exporter is not None:
+            from rollout.exporter import MetricsReporter
+
+            engine.out = MetricsReporter(engine.out, exporter, engine)
+            exporter.rollout(engine.state)
         started = time.time()
         try:
             outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
@@ -202,13 +226,16 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             return _finish(outcome)
         finally:
             engine.finish_alerts()
+            if exporter is not None:
+                exporter.rollout(engine.state)
+                exporter.close()
 
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None,
+        workers: WorkersOpt = None, metrics_port: MetricsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
@@ -216,13 +243,13 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
 
     conn = _conn(kubeconfig, context, namespace)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
-                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers)
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, metrics=metrics_port)
     return code
 
 
@@ -261,12 +288,12 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
             context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-            workers: WorkersOpt = None) -> int:
+            workers: WorkersOpt = None, metrics_port: MetricsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
 
 
 @app.command()
@@ -425,6 +452,37 @@ def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt
         context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
     """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
     return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace), force)
+
+
+@app.command()
+def watch(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
+          namespace: NamespaceOpt = None, metrics_port: MetricsOpt = None,
+          for_: Annotated[Optional[str], typer.Option("--for", help="stop after this long (30s, 8h); default: until Ctrl-C/SIGTERM", metavar="DURATION")] = None) -> int:
+    """Judge the live version continuously (the plan's `watch:`): alert on a breach, revert with `on_breach: revert`.
+    Exit 0 when nothing fired, 1 when it reverted or a breach is still firing."""
+    from rollout.backends import factory
+    from rollout.engine.state import actor
+    from rollout.errors import UsageError
+    from rollout.plan.units import parse_duration
+    from rollout.watch.command import WatchLoop
+
+    duration = None
+    if for_ is not None:
+        try:
+            duration = parse_duration(for_)
+        except ValueError as exc:
+            raise UsageError(f"--for {for_!r}: expected {exc}", "give a duration such as 30s, 10m or 8h") from None
+        if not duration > 0 or duration != duration or duration == float("inf"):
+            raise UsageError(f"--for {for_!r}: expected a finite duration above 0", "give a duration such as 30s, 10m or 8h")
+    loaded = _load(plan)
+    backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
+    loop = WatchLoop(loaded, backend, store, f"rollout watch ({actor()})")
+    loop.exporter = _exporter(loaded.plan.name, metrics_port)
+    try:
+        return loop.run(duration)
+    finally:
+        if loop.exporter is not None:
+            loop.exporter.close()
 
 
 # -- one place for errors and exit codes ---------------------------------------

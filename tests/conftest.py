@@ -59,3 +59,19 @@ def stop_all(procs: list[subprocess.Popen]) -> None:  # type: ignore[type-arg]
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def require_tool(binary: str, package: str) -> str:
+    """The path of a real component a test needs (Prometheus, Alertmanager, Chromium).
+
+    `.ci/run` installs it; under CI (CI=true) a missing one FAILS the test, so a broken install
+    step cannot turn into silently skipped tests. Locally the test skips, saying how to install it."""
+    import shutil
+
+    path = shutil.which(binary)
+    if path:
+        return path
+    message = f"`{binary}` is not installed (apt-get install {package}; `.ci/run` installs it)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " — under CI it is required")
+    pytest.skip(message)

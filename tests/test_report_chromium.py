@@ -1,7 +1,7 @@
 """The HTML report opened in a real browser: headless Chromium draws the plots (screenshot pixels checked).
 
-Skipped cleanly when no Chromium is installed (`.ci/run` installs Debian's `chromium` when it can,
-best effort). The page is opened from a file:// URL with networking of no use: it has no
+`.ci/run` installs Debian's `chromium`; under CI a missing Chromium fails the test, locally it skips
+with the install command (tests.conftest.require_tool). The page is opened from a file:// URL with networking of no use: it has no
 external reference to fetch.
 """
 
@@ -16,10 +16,17 @@ from pathlib import Path
 import pytest
 
 from rollout.report import html
+from tests.conftest import require_tool
 from tests.test_report import rollout_doc
 
-CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")) if p), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)")
+CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium-browser", "google-chrome", "google-chrome-stable")) if p), None)
+
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    global CHROMIUM
+    if CHROMIUM is None:
+        CHROMIUM = require_tool("chromium", "chromium")
 
 STABLE, CANARY, LIMIT = (0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0xD6, 0x27, 0x28)
 

@@ -3,7 +3,7 @@
 For services reachable only inside the cluster, and for load beyond one
 machine. Per run, `rollout.backends.kubernetes.load_runner` creates a
 ConfigMap with the locustfile, a master Deployment + Service and a worker
-Deployment (templates: manifests/locust-*.yaml), waits until the master
+Deployment (templates: rollout/backends/kubernetes/templates/locust-*.yaml, package data), waits until the master
 counts every worker connected, starts the swarm (POST /swarm), reads the
 master's statistics every second (GET /stats/requests) and judges the same
 gates as the local runners; at the end (time, request bound, a failing gate)

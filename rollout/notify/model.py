@@ -17,7 +17,8 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Secret, SecretStr, WithJsonSchema, field_validator, model_validator
 
-Event = Literal["stage-started", "gate-failed", "rolled-back", "awaiting-review", "promoted", "reverted", "aborted"]
+Event = Literal["stage-started", "gate-failed", "rolled-back", "awaiting-review", "promoted", "reverted", "aborted",
+                "watch-breach", "watch-resolved", "watch-blind", "watch-seeing"]
 EVENTS: tuple[str, ...] = get_args(Event)
 
 MASK = "***"
@@ -157,8 +158,9 @@ class Webhook(BaseModel):
         SecretUrl,
         WithJsonSchema({"type": "string", "pattern": "^https?://", "description": "http(s) URL; a secret: shown redacted"}),
     ] = Field(description="where to POST; a secret (tokens in it are never printed)")
-    format: Literal["json", "slack"] = Field(
-        "json", description="json: {event, plan, owner, message, details, at}; slack: {text, blocks} for Slack-compatible receivers"
+    format: Literal["json", "slack", "alertmanager"] = Field(
+        "json", description="json: {event, plan, owner, message, details, at}; slack: {text, blocks} for Slack-compatible receivers; "
+        "alertmanager: the URL is an Alertmanager (its /api/v2/alerts is posted to), alerts fire and resolve there"
     )
     events: list[Event] = Field(default_factory=lambda: list(EVENTS), min_length=1, description="which events to send (default: all)")
     timeout: Seconds = Field(5.0, gt=0, le=60, description="per attempt: connecting, sending, waiting for the answer")
@@ -193,6 +195,14 @@ class Webhook(BaseModel):
 
     def secret_url(self) -> str:
         return self.url.get_secret_value()
+
+    def post_url(self) -> str:
+        """Where alerts are POSTed: the URL itself, or an Alertmanager's v2 alerts endpoint under it."""
+        url = self.secret_url()
+        if self.format == "alertmanager" and not url.split("?", 1)[0].rstrip("/").endswith("/api/v2/alerts"):
+            base, q, query = url.partition("?")
+            return base.rstrip("/") + "/api/v2/alerts" + (q + query if q else "")
+        return url
 
     def secret_headers(self) -> dict[str, str]:
         return {k: v.get_secret_value() for k, v in self.headers.items()}

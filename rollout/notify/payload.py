@@ -15,6 +15,10 @@ EMOJI = {
     "promoted": "✅",
     "reverted": "↩️",
     "aborted": "🛑",
+    "watch-breach": "📉",
+    "watch-resolved": "🟢",
+    "watch-blind": "🙈",
+    "watch-seeing": "👀",
 }
 TITLE = {
     "stage-started": "Stage started",
@@ -24,6 +28,10 @@ TITLE = {
     "promoted": "Promoted",
     "reverted": "Reverted",
     "aborted": "Aborted",
+    "watch-breach": "Watch: live version degraded",
+    "watch-resolved": "Watch: back to normal",
+    "watch-blind": "Watch: cannot see the live version",
+    "watch-seeing": "Watch: seeing again",
 }
 # Slack mention syntax that must reach Slack unescaped: <@U123>, <!subteam^S123>, <!here>, <#C123>
 _MENTION = re.compile(r"^<[@#!][^<>]+>$")
@@ -80,5 +88,57 @@ def slack(event: str, plan: str, owner: dict[str, str], message: str, details: A
     return {"text": text, "blocks": blocks}
 
 
-def build(fmt: str, event: str, plan: str, owner: dict[str, str], message: str, details: Any, at: float) -> dict[str, Any]:
+# Alertmanager identifies an alert by its label set: a resolving event must carry exactly the labels of the
+# event that fired it, so both map to one alert name and one severity.
+AM_ALERT = {
+    "watch-breach": ("RolloutWatchBreach", "critical"), "watch-resolved": ("RolloutWatchBreach", "critical"),
+    "watch-blind": ("RolloutWatchBlind", "warning"), "watch-seeing": ("RolloutWatchBlind", "warning"),
+    "gate-failed": ("RolloutGateFailed", "critical"), "rolled-back": ("RolloutRolledBack", "critical"),
+    "awaiting-review": ("RolloutAwaitingReview", "warning"), "aborted": ("RolloutAborted", "warning"),
+    "reverted": ("RolloutReverted", "warning"), "stage-started": ("RolloutStageStarted", "info"),
+    "promoted": ("RolloutPromoted", "info"),
+}
+AM_RESOLVING = {"watch-resolved", "watch-seeing"}
+AM_TTL_SECONDS = 3600.0  # a one-shot event (or a firing one not re-sent) ends by itself after this long
+
+
+def _label(value: Any) -> str:
+    return " ".join(str(value).split())[:200]  # one line, bounded: labels are index keys
+
+
+def alertmanager(event: str, plan: str, owner: dict[str, str], message: str, details: Any, at: float) -> list[dict[str, Any]]:
+    """One alert for Alertmanager's v2 API (POST /api/v2/alerts takes a list).
+
+    Labels: alertname, plan, severity, owner, and version / gate when the details name them (a watch
+    breach per gate). Firing: startsAt (the evidence's `since` when known) and endsAt = now + ttl
+    (`details.ttl`, else one hour), so an alert its sender stops re-sending ends by itself; resolving:
+    endsAt = now."""
+    safe = json_safe(details)
+    d = safe if isinstance(safe, dict) else {}
+    name, severity = AM_ALERT.get(event, ("Rollout" + "".join(w.title() for w in event.split("-")), "info"))
+    labels = {"alertname": name, "plan": _label(plan), "severity": severity, "owner": _label(owner.get("name", ""))}
+    version = d.get("version") or d.get("canary")
+    if version:
+        labels["version"] = _label(version)
+    if d.get("gate"):
+        labels["gate"] = _label(d["gate"])
+    numbers = {k: v for k, v in d.items() if k not in ("version", "gate", "ttl", "since", "evidence")}
+    annotations = {
+        "summary": _cut(f"{TITLE.get(event, event)} — {plan}: {message}", 1000),
+        "description": _cut(json.dumps(numbers, ensure_ascii=False, default=str), 4000),
+        "owner_contact": owner.get("contact", ""),
+        "hint": f"rollout status {plan}",
+    }
+    if d.get("evidence"):
+        annotations["evidence"] = _cut(json.dumps(d["evidence"], ensure_ascii=False, default=str), 4000)
+    since = d.get("since")
+    starts = float(since) if isinstance(since, (int, float)) and since <= at else at
+    ttl = d.get("ttl")
+    ends = at if event in AM_RESOLVING else at + (float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else AM_TTL_SECONDS)
+    return [{"labels": labels, "annotations": annotations, "startsAt": iso(starts), "endsAt": iso(ends)}]
+
+
+def build(fmt: str, event: str, plan: str, owner: dict[str, str], message: str, details: Any, at: float) -> Any:
+    if fmt == "alertmanager":
+        return alertmanager(event, plan, owner, message, details, at)
     return (slack if fmt == "slack" else generic)(event, plan, owner, message, details, at)

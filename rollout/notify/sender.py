@@ -294,7 +294,7 @@ class Notifier:
                 rec.attempts = attempt
             retryable, wait = True, None
             try:
-                with client.stream("POST", w.secret_url(), content=body, headers=headers) as resp:
+                with client.stream("POST", w.post_url(), content=body, headers=headers) as resp:
                     code = resp.status_code
                     if 200 <= code < 300:
                         self._failing[i] = False

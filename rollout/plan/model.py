@@ -455,6 +455,8 @@ class Plan(Strict):
         description="webhooks told when a stage starts, a gate fails, the rollout is rolled back, awaits review, "
         "is promoted, reverted or aborted; sent in the background, never delaying a rollback",
     )
+    watch: Watch | None = Field(None, description="`rollout watch`: continuous judgement of the live version, "
+                                "alerts and automatic revert (rollout.plan.watch)")
 
     def stage_gates(self, index: int) -> dict[str, Gate]:
         """The plan's gates with the stage's merged over them by name (null removes one)."""
@@ -474,3 +476,8 @@ class Plan(Strict):
         stage = self.stages[index]
         return stage.spawn_rate or self.load.spawn_rate or float(self.stage_users(index))
 
+
+
+from rollout.plan.watch import Watch  # noqa: E402  (it builds on this module's types; Plan refers to it)
+
+Plan.model_rebuild()

@@ -1,6 +1,6 @@
 """The Kubernetes I/O of the in-cluster load runner (`load.runner: kubernetes`, see rollout.load.cluster).
 
-Creates, per run, from the templates manifests/locust-{configmap,master,workers}.yaml:
+Creates, per run, from the templates (package data) templates/locust-{configmap,master,workers}.yaml:
   * ConfigMap `<name>-locustfile` (the plan's locustfile),
   * Deployment + Service `<name>-master` (one Locust master; web port 8089, worker port 5557),
   * Deployment `<name>-worker` (N Locust workers, connecting to the master's Service),
@@ -34,7 +34,7 @@ from rollout.errors import BackendError
 SERVICES = Res("", "services")
 SERVICE_PROXY = Res("", "services/proxy")
 WEB_PORT = 8089
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data; manifests/locust-*.yaml link here
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data (not under manifests/: they are templates, not objects)
 TEMPLATE_FILES = ("locust-configmap.yaml", "locust-master.yaml", "locust-workers.yaml")
 
 

@@ -48,6 +48,24 @@ class LocalBackend:
     def _set(self, state: State, role: str, rec: ProcRecord | None) -> None:
         state.backend[role] = rec.as_dict() if rec else None
         self.checkpoint()
+        self._write_scrape_targets(state)
+
+    def _write_scrape_targets(self, state: State) -> None:
+        """`prometheus-targets.json` in the state directory, in Prometheus' file_sd format: every running version
+        with labels version and role, so a Prometheus (file_sd_configs) scrapes exactly what runs, ports and all."""
+        groups = []
+        for role in ("stable", "canary"):
+            rec = self._rec(state, role)
+            if rec is not None:
+                groups.append({"targets": [f"127.0.0.1:{rec.port}"], "labels": {"version": rec.version, "role": role, "plan": self.loaded.plan.name}})
+        path = self.dir / "prometheus-targets.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(path)
+        except OSError:
+            pass  # a convenience for scrapers: never a reason to fail a rollout
 
     # -- versions ----------------------------------------------------------
 

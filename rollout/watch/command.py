@@ -1,0 +1,154 @@
+"""`rollout watch PLAN`: judge the live version every `watch.every`, alert, and revert on a breach.
+
+One loop, in this order each check: read the rollout state (which version is live: it changes when a
+rollout promotes or someone reverts), read every gate's counters, let the monitor judge, act on what
+it says, save the watch record. Acting:
+
+- breach → a `watch-breach` alert with the numbers; with `on_breach: revert`, `rollout revert` to the
+  previous revision at once (taking the rollout's lock like any command; recorded with who = the watch,
+  why = the numbers), then the alert is resolved and the reverted version is judged from scratch;
+  with `on_breach: alert`, the alert is re-sent every `resend` while firing and resolved when the rate
+  is back to normal.
+- blind (no data for `blind_after`) → a `watch-blind` alert, never a revert; `watch-seeing` when data is back.
+
+Stopping (Ctrl-C, SIGTERM, `--for` elapsed) saves the record; a watch started again goes on from it.
+Exit code: 0 when nothing fired and nothing was reverted, 1 when it reverted or a breach is still firing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, LockHeld, UsageError
+from rollout.watch.monitor import Event, Monitor
+
+ALERT_OF = {"breach": "watch-breach", "resolved": "watch-resolved", "blind": "watch-blind", "seeing": "watch-seeing"}
+
+
+def _say(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", flush=True)
+
+
+def previous_revision(state: Any) -> Any:
+    """The newest kept revision of another version than the live one: what a revert goes back to."""
+    for rev in reversed(state.revisions):
+        if rev.version != state.stable_version:
+            return rev
+    return None
+
+
+class WatchLoop:
+    def __init__(self, loaded: Any, backend: Any, store: Any, who: str, clock: Any = time.time, sleep: Any = time.sleep) -> None:
+        from rollout.notify import Notifier
+        from rollout.watch import record
+        from rollout.watch.sources import PrometheusCounters
+
+        self.loaded, self.plan = loaded, loaded.plan
+        if self.plan.watch is None:
+            raise UsageError(f"the plan `{self.plan.name}` has no `watch:` section",
+                             "add one (gates over Prometheus counters; see README, “Watching production”)")
+        self.watch = self.plan.watch
+        self.backend, self.store, self.who = backend, store, who
+        self.clock, self.sleep = clock, sleep
+        self.record = record.for_store(store, self.plan.name)
+        self.monitor = Monitor.from_dict(self.watch, self.record.load())
+        self.source = PrometheusCounters()
+        self.notifier = Notifier(self.plan.notify, self.plan.name, self.plan.owner)
+        self.last_sent: dict[str, float] = {}
+        self.reverted = 0
+        self.exporter: Any = None  # rollout.exporter.Exporter with --metrics-port
+
+    def live_version(self) -> tuple[str, Any]:
+        state = self.store.load()
+        return (state.stable_version if state is not None else self.plan.target.stable), state
+
+    def alert(self, ev: Event, now: float) -> None:
+        details = {**ev.details, "ttl": max(4 * self.watch.resend, 60.0), "on_breach": self.watch.on_breach}
+        self.notifier.emit(ALERT_OF[ev.kind], ev.message, details)
+        if ev.gate:
+            self.last_sent[ev.gate] = now
+
+    def revert(self, ev: Event, state: Any) -> bool:
+        """Back to the previous revision; False when it could not be done now (said, and retried next check)."""
+        from rollout.engine.executor import Engine
+        from rollout.report.console import ConsoleReporter
+
+        prev = previous_revision(state) if state is not None else None
+        if prev is None:
+            _say(f"cannot revert: no earlier revision of `{self.plan.name}` is kept; the alert stays firing")
+            return False
+        reason = f"watch breach: {ev.message}"
+        try:
+            with self.store.lock("watch"):
+                engine = Engine(self.loaded, self.backend, self.store, ConsoleReporter(quiet=True), self.who)
+                try:
+                    outcome = engine.revert(reason, to_revision=prev.number)
+                finally:
+                    engine.finish_alerts()
+        except LockHeld as exc:
+            _say(f"cannot revert now: {exc.what}; trying again at the next check")
+            return False
+        self.reverted += 1
+        if self.exporter is not None:
+            self.exporter.watch_reverts.labels(self.plan.name).inc()
+        _say(f"reverted to revision {prev.number} ({prev.version}): {outcome.message}")
+        # the degraded version no longer serves: its alert resolves; the reverted version is judged from scratch
+        self.notifier.emit("watch-resolved", f"{ev.details.get('version')} reverted by the watch to {prev.version}: no longer serving",
+                           {**ev.details, "reverted_to": prev.version})
+        self.last_sent.pop(ev.gate or "", None)
+        return True
+
+    def breach(self, name: str, prefix: str = "") -> Event:
+        m = self.monitor
+        return Event("breach", name, f"{m.version}: {prefix}{m.gates[name].detector.describe(m.what(name))}", m.details(name))
+
+    def check(self) -> None:
+        now = self.clock()
+        version, state = self.live_version()
+        readings = {name: self.source.read(name, gate, version) for name, gate in self.watch.gates.items()}
+        for ev in self.monitor.observe(now, version, readings):
+            _say(f"{ev.kind.upper()}: {ev.message}")
+            self.alert(ev, now)
+            if ev.kind == "breach" and self.watch.on_breach == "revert":
+                self.revert(ev, state)
+        for name in self.monitor.firing:
+            if self.watch.on_breach == "revert" and self.monitor.version == version:
+                if self.revert(self.breach(name), state):  # an earlier revert could not be done (lock held): again
+                    continue
+            if now - self.last_sent.get(name, 0.0) >= self.watch.resend:  # Alertmanager ends alerts not re-sent
+                self.alert(self.breach(name, "still breaching: "), now)
+        self.record.save(self.monitor.to_dict())
+        if self.exporter is not None:
+            self.exporter.watch(self.monitor)
+            self.exporter.notifier(self.notifier)
+
+    def run(self, duration: float | None) -> int:
+        start = self.clock()
+        _say(f"watching `{self.plan.name}` every {self.watch.every:g}s, on breach: {self.watch.on_breach} "
+             f"(record: {self.record.location()})")
+        last_summary = 0.0
+        try:
+            while True:
+                t = self.clock()
+                self.check()
+                if t - last_summary >= 30.0 or self.monitor.checks <= 1:
+                    _say(self.monitor.summary())
+                    last_summary = t
+                if duration is not None and self.clock() - start >= duration:
+                    break
+                self.sleep(max(0.0, self.watch.every - (self.clock() - t)))
+        except KeyboardInterrupt:
+            _say("watch stopped (Ctrl-C/SIGTERM); `rollout watch` again goes on from the saved record")
+        finally:
+            try:
+                self.record.save(self.monitor.to_dict())
+            finally:
+                self.notifier.flush(10.0)
+                self.notifier.close(0)
+                self.source.close()
+        code = EXIT_GATE_FAILED if (self.reverted or self.monitor.firing) else EXIT_OK
+        print(f"{'✘' if code else '✔'} watch ended: {self.monitor.summary()}"
+              + (f"; reverted {self.reverted} time(s)" if self.reverted else ""), file=sys.stdout, flush=True)
+        return code
