@@ -249,7 +249,7 @@ def resolve(
 
 
 def _duration(text: str) -> float:
-    try:  # the plan's parser: finite (no nan/inf) and at most 720h
+    try:  # the plan's parser: finite (no nan/inf) and at most a year
         return parse_duration(text.strip())
     except ValueError as exc:
         raise UsageError(f"--duration {text!r} is not a duration: expected {exc}", "give a duration such as 30s, 5m or 1h") from None

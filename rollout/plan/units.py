@@ -19,8 +19,8 @@ _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _MILLIS = {"us": 0.001, "µs": 0.001, "ms": 1.0, "s": 1000.0}
 
 # Upper bounds: a finite number can still be absurd (1e300 s overflows every timer API).
-# A stage, a timeout or a review longer than 30 days, or a latency limit above a day, is a typo.
-MAX_DURATION = 30 * 86400.0
+# Nothing a plan times is longer than a year (a watch's false_alarm_every may be months), no latency limit above a day.
+MAX_DURATION = 366 * 86400.0
 MAX_LATENCY_MS = 86400.0 * 1000.0
 
 
@@ -37,7 +37,7 @@ def parse_duration(value: object) -> float:
     """`90s`, `5m`, `1h`, `500ms`, or a bare number of seconds → seconds."""
     if isinstance(value, bool):
         raise ValueError("a duration such as 90s, 5m or 1h")
-    expected = "a duration such as 90s, 5m or 1h (at most 720h)"
+    expected = "a duration such as 90s, 5m or 1h (at most 8784h, a year)"
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration ≥ 0 such as 90s, 5m or 1h")
