@@ -10,8 +10,8 @@ Safe by construction, whatever the file holds (a plan may come from a pull
 request): only a regular file is read (a FIFO, a device such as /dev/zero or a
 directory is refused from its `stat`, and it is opened non-blocking so a file
 swapped for a FIFO cannot hang the read), at most MAX_PLAN_BYTES of it;
-nesting deeper than MAX_DEPTH is refused while the YAML is composed (before
-Python's recursion limit could be reached); aliases are allowed but the
+nesting deeper than MAX_DEPTH, or more than MAX_NODES values, is refused while
+the YAML is composed (before Python's recursion limit could be reached); aliases are allowed but the
 document they expand to is measured first, in time linear in the file, and
 refused above MAX_NODES values or when an alias refers to itself (a "billion
 laughs" file is refused in milliseconds, with the line of its first alias);
@@ -42,7 +42,7 @@ Loc = tuple[str | int, ...]
 
 MAX_PLAN_BYTES = 256 * 1024  # a plan is a few KB; the largest example is ~3 KB
 MAX_DEPTH = 64  # mappings and lists nested in each other (a plan needs 6)
-MAX_NODES = 20_000  # values in the document once aliases are expanded (a plan has a few hundred)
+MAX_NODES = 10_000  # values in the document, also once aliases are expanded (the example plan has ~110)
 # fields whose text may span lines (YAML block scalars); everywhere else a control character is an error
 MULTILINE_FIELDS = ("description", "query", "command")
 
@@ -89,14 +89,20 @@ class _PlanLoader(yaml.SafeLoader):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > MAX_DEPTH:
                 mark = self.peek_event().start_mark
                 raise _Refused(mark.line + 1, f"values nested more than {MAX_DEPTH} levels deep",
                                f"a plan nested at most {MAX_DEPTH} levels")
+            if self._nodes > MAX_NODES:  # stop composing at once: pure-Python YAML costs ~10 µs a token
+                mark = self.peek_event().start_mark
+                raise _Refused(mark.line + 1, f"more than {MAX_NODES:,} values",
+                               "a plan of a reasonable size (a plan has a few hundred values)")
             return super().compose_node(parent, index)  # type: ignore[no-any-return]
         finally:
             self._depth -= 1
