@@ -127,7 +127,7 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
 def _finish(outcome: Any) -> int:
     stream = sys.stdout
     mark = {"promoted": "✔", "rolled-back": "✘", "paused": "⏸", "awaiting-review": "⏸", "stage-passed": "✔"}.get(outcome.kind, "•")
-    print(f"{mark} {outcome.kind}: {outcome.message}", file=stream)
+    print(f"{mark} {outcome.kind}: {printable(outcome.message)}", file=stream)  # reasons may hold --reason text
     return int(outcome.exit_code)
 
 
@@ -403,7 +403,7 @@ def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirO
     elif state is None or not state.past:
         print(f"No finished rollout of `{loaded.plan.name}` recorded yet.")
     else:
-        print(outcome_table(state, len(loaded.plan.stages)))
+        print(printable(outcome_table(state, len(loaded.plan.stages)), keep_newlines=True))
     return EXIT_OK
 
 

@@ -413,3 +413,27 @@ def test_state_dir_that_is_not_a_directory_is_bad_input(tmp_path: Path, base_pla
     r = run_cli(verb, str(write_plan(tmp_path, base_plan)), "--state-dir", "/dev/null")
     assert r.returncode == 2, r.stderr
     assert "--state-dir /dev/null: /dev/null exists and is not a directory" in r.stderr and "internal error" not in r.stderr
+
+
+def test_run_with_an_unreachable_canary_url_exits_3_naming_it(tmp_path: Path) -> None:
+    """The entry point answers; the canary URL a `load_to: canary` stage would load does not."""
+    from test_k8s_backend import NS, plan_data
+
+    from rollout.testing.apiserver import FakeApiServer
+
+    canary = f"http://127.0.0.1:{_closed_port()}"
+    with socket.socket() as listener, FakeApiServer(controller_delay=0) as fake:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        entry = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        for f in ("app.yaml", "httproute.yaml"):
+            for doc in yaml.safe_load_all((ROOT / "manifests" / f).read_text()):
+                fake.create(doc)
+        data = plan_data(tmp_path, fake.write_kubeconfig(namespace=NS), "gateway-api", entry_url=entry, canary_url=canary)
+        data["stages"].insert(0, {"name": "preflight", "weight": 0, "load_to": "canary", "duration": "5s"})
+        plan = write_plan(tmp_path, data)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROLLOUT_ACTOR": "pytest"}
+        r = subprocess.run([sys.executable, "-m", "rollout", "advance", str(plan), "--version", "v2"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert f"canary URL {canary} is unreachable" in r.stderr and entry not in r.stderr
