@@ -447,3 +447,14 @@ def test_baseline_gate_flags_out_of_range_are_bad_input(expr: str) -> None:
     with pytest.raises(UsageError) as exc:
         parse_baseline_gate(expr, 100)
     assert "--baseline-gate" in exc.value.what
+
+
+def test_legitimate_text_is_still_accepted(tmp_path: Path, base_plan: dict) -> None:
+    """No over-refusal: Unicode names, tabs and multi-line text where text may span lines."""
+    p = copy.deepcopy(base_plan)
+    p["owner"] = {"name": "Zoë Ünïcode 日本 team", "contact": "#payments\toncall"}
+    p["description"] = "line one\nline two\n"
+    p["target"]["versions"]["v2"]["command"] = "{python} s.py\n  --port {port}"
+    p["load"]["metrics"] = {"q": {"prometheus": {"url": "http://prom:9090", "query": "sum(rate(\n  x{version=\"{version}\"}[1m]))\n"}}}
+    plan = load_plan(write_plan(tmp_path, p)).plan
+    assert plan.owner.name == "Zoë Ünïcode 日本 team" and plan.description == "line one\nline two\n"

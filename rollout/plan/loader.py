@@ -44,7 +44,7 @@ MAX_PLAN_BYTES = 256 * 1024  # a plan is a few KB; the largest example is ~3 KB
 MAX_DEPTH = 64  # mappings and lists nested in each other (a plan needs 6)
 MAX_NODES = 10_000  # values in the document, also once aliases are expanded (the example plan has ~110)
 # fields whose text may span lines (YAML block scalars); everywhere else a control character is an error
-MULTILINE_FIELDS = ("description", "query", "command")
+MULTILINE_FIELDS = ("description", "query", "command", "bad", "total")  # PromQL may be a block scalar
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ def text_issues(data: Any, file: str, lines: dict[Loc, int]) -> list[PlanIssue]:
             stack.extend(((*loc, i), item) for i, item in enumerate(value))
         elif isinstance(value, str):
             field = loc[-1] if loc else ""
-            bad = names.control_chars(value, allow="\t\n" if field in MULTILINE_FIELDS else "")
+            bad = names.control_chars(value, allow="\t\n" if field in MULTILINE_FIELDS else "\t")  # a tab is harmless
             if bad:
                 issues.append(PlanIssue(file, _line_for(loc, lines), path_str(loc), f"text with control characters ({', '.join(bad)})",
                                         "text on one line without control characters (they would reach terminals, headers and processes raw)"))
