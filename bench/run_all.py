@@ -15,6 +15,7 @@ RUNS = [
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],
     ["bench_false_rollback.py"],
+    ["bench_absolute.py"],
     ["bench_watch.py"],
 ]
 

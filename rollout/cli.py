@@ -49,6 +49,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from rollout import __version__
+
+        print(f"rollout {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _top(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="print rollout's version and exit")] = False) -> None:
+    """Staged rollouts with real load and gates: shift traffic stage by stage, load it with Locust, judge every second, roll back by itself."""
+
+
 class Output(str, Enum):
     text = "text"
     json = "json"
@@ -69,7 +83,13 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, max=MAX_W
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
+StepTimeoutOpt = Annotated[Optional[str], typer.Option("--step-timeout", help="kubernetes: the deadline of each step (deploy, shift, promote, "
+                                                       "roll back), e.g. 10m; past it the command stops, exit 3 (default: target.step_timeout, "
+                                                       "else 2 × progress_deadline + 60s)", metavar="DURATION")]
+RequestTimeoutOpt = Annotated[Optional[str], typer.Option("--request-timeout", help="kubernetes: client-side timeout of each API request "
+                                                          "(default: target.request_timeout, 30s)", metavar="DURATION")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="take over the rollout's lock from another command (check with `rollout status` that it is gone first)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress or event lines: only the outcome (and errors)")]
 MetricsOpt = Annotated[Optional[str], typer.Option("--metrics-port", help="serve the tool's own Prometheus metrics on this port "
                                                  "(127.0.0.1; HOST:PORT to choose, e.g. 0.0.0.0:9464 in a pod)", metavar="[HOST:]PORT")]
 ImageOpt = Annotated[Optional[list[str]], typer.Option("--image", help="kubernetes: CONTAINER=IMAGE for the canary, repeatable (instead of the plan's version images; "
@@ -84,9 +104,23 @@ def _images(image: list[str] | None, version: str | None) -> tuple[str, dict[str
     return parse(image, version)
 
 
-def _conn(kubeconfig: str | None, context: str | None, namespace: str | None) -> dict[str, str | None]:
-    """Connection overrides for the kubernetes backend (the local backend ignores them)."""
-    return {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
+def _conn(kubeconfig: str | None, context: str | None, namespace: str | None,
+          step_timeout: str | None = None, request_timeout: str | None = None) -> dict[str, Any]:
+    """Connection overrides and time bounds for the kubernetes backend (the local backend ignores them)."""
+    conn: dict[str, Any] = {"kubeconfig": kubeconfig, "context": context, "namespace": namespace}
+    for flag, value in (("--step-timeout", step_timeout), ("--request-timeout", request_timeout)):
+        if value is not None:
+            from rollout.errors import UsageError
+            from rollout.plan.units import parse_duration
+
+            try:
+                secs = parse_duration(value)
+            except ValueError:
+                secs = float("nan")
+            if not 0 < secs <= 86400:  # NaN fails too
+                raise UsageError(f"{flag} {value!r} is not a duration between 0 and 24h", f"give e.g. {flag} 90s or {flag} 10m")
+            conn[flag[2:].replace("-", "_")] = secs
+    return conn
 
 
 def _load(plan: str) -> Any:
@@ -96,7 +130,9 @@ def _load(plan: str) -> Any:
 
 
 def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = False, conn: dict[str, str | None] | None = None,
-            images: tuple[str, dict[str, str]] | None = None) -> Any:
+            request: Any = None) -> Any:
+    """(loaded plan, store, engine factory). With `request` (a rollout.inputs.DriveRequest: run/advance), every
+    input is checked against the plan and the recorded state first, before any lock or write."""
     if with_load:
         import rollout.load.runner as runner  # first: locust must patch before ssl is imported
 
@@ -110,18 +146,21 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     from rollout.engine.state import actor
     from rollout.report.console import ConsoleReporter
 
-    if images and loaded.plan.target.backend != "kubernetes":
-        from rollout.errors import UsageError
-
-        raise UsageError(f"--image sets container images, which the {loaded.plan.target.backend} backend has not",
-                         "use --version with a version of the plan's target.versions")
     backend, store = factory.make(loaded, state_dir, **(conn or {}))
-    if images:
-        backend.set_images(*images)
+    if request is not None:
+        request.check(loaded, store.load())
+        if request.images:
+            backend.set_images(*request.images)
+
     from rollout.probe import probe  # commands that run load probe their targets before the first stage
 
-    return loaded, store, lambda: Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner,
-                                         probe=probe if with_load else None)
+    def make_engine() -> Any:
+        engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner,
+                        probe=probe if with_load else None)
+        engine.state.plan_info = factory.plan_info(loaded)  # saved with the engine's first write (for `rollout list`)
+        return engine
+
+    return loaded, store, make_engine
 
 
 def _finish(outcome: Any) -> int:
@@ -187,11 +226,16 @@ def _exporter(plan_name: str, metrics: str | None) -> Any:
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None, metrics: str | None = None) -> int:
-    images = _images(image, version)
-    if images:
-        version = images[0]
-    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, conn=conn, images=images)
+           workers: int | None = None, quiet: bool = False, metrics: str | None = None) -> int:
+    from rollout.inputs import DriveRequest
+
+    request = DriveRequest(verb, version, image)
+    early = _load(plan)
+    if early.plan.target.backend == "local":  # no ssl involved: a typo fails at once, before locust is even imported
+        from rollout.backends import factory
+
+        request.check(early, factory.make_store(early, state_dir).load())
+    loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn, request=request)
     _warn(loaded)
     if loaded.plan.load.runner == "kubernetes":
         from rollout.errors import UsageError
@@ -221,7 +265,7 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             exporter.rollout(engine.state)
         started = time.time()
         try:
-            outcome = engine.drive(version or loaded.plan.target.canary, from_cli=version is not None, one_stage=one_stage)
+            outcome = engine.drive(request.version, from_cli=request.from_cli, one_stage=one_stage)
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
@@ -233,23 +277,24 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
 @app.command()
 def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None, metrics_port: MetricsOpt = None,
+        workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
     from rollout.report.outputs import ReportPaths
 
-    conn = _conn(kubeconfig, context, namespace)
+    conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
-                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, metrics=metrics_port)
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, quiet=quiet, metrics=metrics_port)
     return code
 
 
@@ -286,14 +331,15 @@ def _wait_for_person(plan: str, state_dir: str | None, conn: dict[str, str | Non
 
 @app.command()
 def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-            context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False, image: ImageOpt = None,
+            context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-            workers: WorkersOpt = None, metrics_port: MetricsOpt = None) -> int:
+            workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
-    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, metrics=metrics_port)
+    return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port)
 
 
 @app.command()
@@ -311,6 +357,8 @@ def gate(
     baseline_exprs: Annotated[Optional[list[str]], typer.Option("--baseline-gate", help="vs --baseline: 'p95<+10%', 'errors<+0.5pt' (repeatable)", metavar="EXPR")] = None,
     junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+    version_header: Annotated[Optional[str], typer.Option("--version-header", help="the response header naming the version that "
+                                                          "served a request (overrides load.version_header; default X-Version)")] = None,
 ) -> int:
     """Load a URL with the gates and say pass (0) or fail (1); no traffic moves. Exit 3: target unreachable."""
     import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
@@ -320,7 +368,8 @@ def gate(
     from rollout.report.outputs import ReportPaths
 
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
-                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [])
+                   ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [],
+                   version_header=version_header)
 
 
 @app.command()
@@ -349,8 +398,12 @@ def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, o
     from rollout.backends.kubernetes import dryrun
     from rollout.errors import UsageError
 
-    images = _images(image, version)
     loaded = _load(plan)
+    if version is not None:
+        from rollout.inputs import check_version_text, valid_versions
+
+        check_version_text(version, valid_versions(loaded, None))
+    images = _images(image, version)
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends import factory
 
@@ -369,13 +422,42 @@ def dry_run(plan: PlanArg, version: VersionOpt = None, image: ImageOpt = None, o
     return EXIT_OK
 
 
+def _duration_opt(flag: str, text: str) -> float:
+    from rollout.errors import UsageError
+    from rollout.plan.units import parse_duration
+
+    try:
+        return parse_duration(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a duration", "expected a duration such as 30s, 5m or 1h") from None
+
+
 @app.command()
 def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-           context: ContextOpt = None, namespace: NamespaceOpt = None) -> int:
-    """Phase, traffic split, verdicts and history; what is live right now. Takes no lock."""
+           context: ContextOpt = None, namespace: NamespaceOpt = None,
+           watch: Annotated[bool, typer.Option("--watch", "-w", help="redraw every second until the rollout ends or waits for a person; "
+                                               "exit 0 promoted/idle, 1 rolled back/aborted, 4 waiting for a person, 5 --timeout")] = False,
+           timeout: Annotated[Optional[str], typer.Option("--timeout", help="with --watch: stop watching after this long (exit 5), e.g. 10m",
+                                                          metavar="DURATION")] = None) -> int:
+    """Phase, traffic split, verdicts and history; what is live right now (--watch: live, until it ends). Takes no lock."""
     loaded = _load(plan)
     from rollout.backends import factory
     from rollout.report.tables import status_dict, status_text
+
+    if watch or timeout is not None:
+        from rollout.errors import UsageError
+
+        if not watch:
+            raise UsageError("--timeout needs --watch", "add --watch")
+        if output is Output.json:
+            raise UsageError("--watch draws for people and cannot write JSON", "use `rollout status -o json` without --watch")
+        limit = _duration_opt("--timeout", timeout) if timeout is not None else None
+        from rollout.backends.liveness import lock_holder
+        from rollout.report.status_watch import Watcher
+
+        store = factory.make_store(loaded, state_dir, **_conn(kubeconfig, context, namespace))
+        return Watcher(loaded.plan, store.load, lambda: lock_holder(store), store.location(), sys.stdout,
+                       tty=sys.stdout.isatty(), timeout=limit).run()
 
     backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
     state = store.load()
@@ -384,6 +466,57 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
         print(json.dumps(status_dict(state, live, store.location()), indent=2, default=str))
     else:
         print(status_text(loaded.plan, state, live, store.location()))
+    return EXIT_OK
+
+
+@app.command(name="list")
+def list_rollouts(
+    paths: Annotated[Optional[list[str]], typer.Argument(help="plan files, state files or directories to search (default: . and $ROLLOUT_STATE_DIR)",
+                                                         metavar="PATHS")] = None,
+    output: OutputOpt = Output.text, state_dir: StateDirOpt = None,
+    kubernetes: Annotated[bool, typer.Option("--kubernetes", "-k", help="list the rollout state ConfigMaps of a cluster's namespace instead "
+                                             "(implied by -A, --namespace, --context, --kubeconfig)")] = False,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="kubernetes: every namespace")] = False,
+    kubeconfig: KubeconfigOpt = None, context: ContextOpt = None, namespace: NamespaceOpt = None,
+) -> int:
+    """Every rollout: name, owner, phase, stage, stable → canary, since (local: plans and state found on disk; -k: a cluster's)."""
+    import os
+
+    from rollout.report.listing import render, row
+
+    rows: list[dict[str, Any]] = []
+    if kubernetes or all_namespaces or namespace or context or kubeconfig:
+        if paths:
+            from rollout.errors import UsageError
+
+            raise UsageError("PATHS are for local rollouts; the cluster's are found by their labels", "leave out the paths, or -k and its flags")
+        from rollout.backends.kubernetes.client import connect
+        from rollout.backends.kubernetes.listing import list_states
+
+        kube = connect(kubeconfig, context, namespace)
+        for f in sorted(list_states(kube, all_namespaces), key=lambda f: (f.namespace, f.plan)):
+            rows.append(row(f.plan, f.state, f.location, namespace=f.namespace, problem=f.problem))
+        empty = f"No rollout recorded in {'any namespace' if all_namespaces else 'namespace ' + kube.namespace}."
+    else:
+        from rollout.backends.local.listing import search
+
+        env_dir = os.environ.get("ROLLOUT_STATE_DIR")
+        where = list(paths) if paths else ["."] + [d for d in (state_dir, env_dir) if d and os.path.isdir(d)]
+        found = search(where, state_dir)
+        for f in found.found:
+            name = f.plan.name if f.plan is not None else (f.state.plan if f.state is not None else f.state_file.parent.name)  # type: ignore[attr-defined,union-attr]
+            loc = str(f.state_file) if f.state_file is not None else "(no state yet)"
+            rows.append(row(name, f.state, loc, plan=f.plan, plan_path=str(f.plan_path) if f.plan_path else None, problem=f.problem))
+        rows.sort(key=lambda r: (r["name"], r["location"]))
+        for skipped in found.other_backends:
+            print(f"note: {skipped} is a plan for another backend: `rollout list -k` lists a cluster's rollouts", file=sys.stderr)
+        for bad in found.invalid:
+            print(f"note: skipped an invalid plan: {bad}", file=sys.stderr)
+        empty = f"No rollout plan or state found under {', '.join(where)}."
+    if output is Output.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render(rows) if rows else empty)
     return EXIT_OK
 
 
@@ -419,39 +552,44 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
 
 
 @app.command()
-def approve(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+def approve(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Let a stage waiting for approval start, or accept a stage awaiting review (then `rollout advance`/`run`)."""
-    return _simple(plan, state_dir, "approve", lambda e: e.approve(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "approve", lambda e: e.approve(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def reject(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Say no to a stage awaiting review (or approval): roll back now (exit 1)."""
-    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "reject", lambda e: e.reject(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def abort(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Stop the rollout in progress: all traffic to stable, canary stopped."""
-    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "abort", lambda e: e.abort(reason), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False,
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
         to_revision: Annotated[Optional[int], typer.Option("--to-revision", min=1, help="back to this older revision (`rollout status -o json` lists them: state.revisions), without running stages")] = None) -> int:
     """Whatever the state: all traffic back to the last known-good version (or --to-revision N), canary stopped."""
-    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "revert", lambda e: e.revert(reason, to_revision), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()
 def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
-        context: ContextOpt = None, namespace: NamespaceOpt = None, force: ForceOpt = False) -> int:
+        context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
+        request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
     """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
-    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace), force)
+    return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
 
 
 @app.command()

@@ -14,6 +14,7 @@ Exit codes (also in README.md and `rollout --help`):
     2  bad input: invalid plan, flag or argument
     3  infrastructure: a backend, network, process or lock problem
     4  paused: waiting for a person (`rollout approve` / `rollout reject`)
+    5  `rollout status --watch --timeout D`: D passed while the rollout was still moving
     130 interrupted (Ctrl-C / SIGTERM); the state records where it stopped
 """
 
@@ -26,6 +27,7 @@ EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INFRA = 3
 EXIT_PAUSED = 4
+EXIT_WATCH_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
 EXIT_BUG = 70
 
@@ -35,6 +37,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_BAD_INPUT: "bad input: invalid plan, flag or argument",
     EXIT_INFRA: "infrastructure failure: backend, network, process or lock",
     EXIT_PAUSED: "paused: waiting for `rollout approve` (or `rollout reject`)",
+    EXIT_WATCH_TIMEOUT: "`status --watch --timeout`: the time passed while the rollout was still moving",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C/SIGTERM); the state says where it stopped",
 }
 

@@ -77,7 +77,10 @@ def parse_gate(expr: str, min_requests: int = 100) -> tuple[str, Gate]:
     except ValueError as exc:
         raise UsageError(f"--gate {expr!r}: limit `{limit}` is not valid for {word}: expected {exc}", f"write it {EXAMPLES}") from None
     name = f"{'errors' if metric == 'error_rate' else metric}<{limit}"
-    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests)
+    # `--gate` keeps the fixed rule its `--min-requests` flag describes ("judge after N requests"): a CI gate
+    # of a few seconds must end passed or failed, and a sequential PASS needs hundreds of requests. A plan's
+    # absolute gates (`rollout gate PLAN`) follow the plan: sequential unless it says `method: threshold`.
+    return name, Gate(metric=metric, version="all", max=limit, min_requests=min_requests, method="threshold")
 
 
 def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
@@ -138,6 +141,9 @@ class GateSetup:
     cluster: Any = None  # load.cluster when load.runner is kubernetes (rollout.load.cluster)
 
 
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+
 def resolve(
     plan_path: str | None,
     host: str | None,
@@ -150,6 +156,7 @@ def resolve(
     workers: int | None,
     baseline: str | None = None,
     baseline_exprs: list[str] | None = None,
+    version_header: str | None = None,
 ) -> GateSetup:
     loaded = None
     gates: dict[str, Gate] = {}
@@ -205,6 +212,10 @@ def resolve(
         spawn = spawn_rate if spawn_rate is not None else float(users)
         dur = _duration(duration)
         header, roles, max_requests, plan_workers = "X-Version", {}, None, 0
+    if version_header is not None:  # --version-header wins over the plan's load.version_header
+        if not HEADER_NAME.match(version_header):
+            raise UsageError(f"--version-header {version_header!r} is not an HTTP header name", "e.g. --version-header X-Version")
+        header = version_header
     gates.update(parse_gates(gate_exprs, min_requests))
     check_url(host)
     if not lf.is_file():
@@ -352,7 +363,8 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
 
 def command(plan: str | None, host: str | None, locustfile: str | None, users: int | None, duration: str | None,
             gate_exprs: list[str], min_requests: int, spawn_rate: float | None, workers: int | None,
-            paths: Any, quiet: bool = False, baseline: str | None = None, baseline_exprs: list[str] | None = None) -> int:
+            paths: Any, quiet: bool = False, baseline: str | None = None, baseline_exprs: list[str] | None = None,
+            version_header: str | None = None) -> int:
     """The whole `rollout gate`: resolve, probe, load and judge, write the reports; returns the exit code.
 
     Bad input raises UsageError/PlanInvalid (exit 2) before anything runs. An
@@ -363,7 +375,8 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
     from rollout.report.json_report import error_report
     from rollout.report.outputs import write_reports
 
-    setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers, baseline, baseline_exprs)
+    setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers, baseline, baseline_exprs,
+                    version_header)
     load_runner = _load_runner(setup)
     started = time.time()
     try:

@@ -181,8 +181,9 @@ def test_gate_with_a_plan_uses_its_load_and_absolute_gates(services: dict[str, s
         "target": {"backend": "local", "stable": "v1", "versions": {"v1": {"command": "x"}, "v-healthy": {"command": "x"}}},
         "load": {"locustfile": str(LOCUSTFILE), "users": 5},  # the local backend refuses load.host: --host gives it
         "gates": {
-            "errors": {"metric": "error_rate", "max": "5%", "min_requests": 20},
-            "p99-slo": {"metric": "p99", "version": "all", "max": "2s", "min_requests": 20},
+            # the naive rule, so that 3 s of 5 users suffice (a sequential p99 ≤ 2 s needs ~600 requests to pass)
+            "errors": {"metric": "error_rate", "max": "5%", "min_requests": 20, "method": "threshold"},
+            "p99-slo": {"metric": "p99", "version": "all", "max": "2s", "min_requests": 20, "method": "threshold"},
             "p95-vs-stable": {"metric": "p95", "compare": "stable", "max_increase": "50%"},
         },
         "stages": [{"name": "preflight", "weight": 0, "load_to": "canary", "duration": "3s", "gates": {"p95-vs-stable": None}},

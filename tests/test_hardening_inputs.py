@@ -439,7 +439,7 @@ def test_run_with_an_unreachable_canary_url_exits_3_naming_it(tmp_path: Path) ->
         assert f"canary URL {canary} is unreachable" in r.stderr and entry not in r.stderr
 
 
-@pytest.mark.parametrize("expr", ["p95<+500%", "p95<+" + "9" * 400 + "%", "errors<+nan pt", "p95<+inf%"])
+@pytest.mark.parametrize("expr", ["p95<+" + "9" * 400 + "%", "errors<+nan pt", "p95<+inf%"])
 def test_baseline_gate_flags_out_of_range_are_bad_input(expr: str) -> None:
     from rollout.errors import UsageError
     from rollout.gates.baseline import parse_baseline_gate

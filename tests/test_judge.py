@@ -61,6 +61,20 @@ def test_between_the_margins_is_inconclusive_at_the_end() -> None:
 
 
 def test_alpha_is_split_over_the_sequential_gates() -> None:
-    judge = StageJudge({"a": ERR, "b": P95, "c": Gate(metric="p95", max="1s")})
-    assert set(judge.sequential) == {"a", "b"}
-    assert all(abs(s.alpha - 0.005) < 1e-12 for s in judge.sequential.values())
+    # an absolute limit is sequential by default and shares the budget; `method: threshold` keeps the old rule
+    judge = StageJudge({"a": ERR, "b": P95, "c": Gate(metric="p95", max="1s"), "d": Gate(metric="p95", max="1s", method="threshold")})
+    assert set(judge.sequential) == {"a", "b", "c"}
+    assert all(abs(s.alpha - 0.01 / 3) < 1e-12 for s in judge.sequential.values())
+
+
+def test_error_rate_margins_in_points_and_as_a_ratio_are_judged_without_internal_errors() -> None:
+    points = Gate(metric="error_rate", compare="stable", max_increase="+1pt", method="sequential")
+    ratio = Gate(metric="error_rate", compare="stable", max_ratio=2, method="sequential")
+    assert points.max_increase == 0.01 and ratio.max_ratio == 2.0
+    sec, verdicts = _run({"ratio": ratio}, 0.08, 0.02, 10, 10, seconds=60, seed=4)  # 4 × stable: credibly above double
+    assert sec != -1 and verdicts[0].status is Status.FAIL and "> 2× stable credibly" in verdicts[0].message, verdicts[0].message
+    sec, verdicts = _run({"ratio": ratio}, 0.03, 0.03, 10, 10, seconds=60, seed=4)  # the same rate: credibly below double
+    assert sec == -1 and verdicts[0].status is Status.PASS and "< 2× stable credibly" in verdicts[0].message, verdicts[0].message
+    threshold = Gate(metric="error_rate", compare="stable", max_ratio=2, min_requests=100)
+    sec, verdicts = _run({"ratio": threshold}, 0.03, 0.03, 10, 10, seconds=5, seed=4)
+    assert verdicts[0].status is Status.PASS and "× 2" in verdicts[0].message, verdicts[0].message

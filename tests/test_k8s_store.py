@@ -159,7 +159,9 @@ def test_retry_after_is_honoured_within_the_budget(fake: FakeApiServer) -> None:
     assert slept == [1.0]  # urllib3 did not retry by itself: we did, after Retry-After
     slept.clear()
     fake.throttle(times=10, retry_after=1, verb="get", resource="configmaps")
-    with pytest.raises(BackendError, match="kept failing"):
+    with pytest.raises(BackendError, match="kept failing") as err:
         ConfigMapStore(k, "checkout").load()
-    assert slept == [1.0, 0.5] and sum(slept) <= policy.max_total
+    # 1 s fits in the 1.5 s budget; the next 1 s does not: given up at once, not retried early against the server's word
+    assert slept == [1.0] and sum(slept) <= policy.max_total
+    assert "the server asked to wait 1s more, beyond the" in err.value.what and "left of the budget" in err.value.what
     k.api.close()

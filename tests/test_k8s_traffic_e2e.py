@@ -183,7 +183,8 @@ def write_plan(tmp: Path, router: str, entry: str, stages: list[dict[str, Any]])
             "router": router, "httproute": "answer", "port": 8080, "progress_deadline": "20s", "entry_url": entry,
         },
         "load": {"locustfile": "load.py", "users": 4, "spawn_rate": 4, "cohort_share": "50%"},
-        "gates": {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 20}},
+        # traffic mechanics, seconds-long stages: the naive rule (a sequential PASS needs ~120+ canary requests)
+        "gates": {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 20, "method": "threshold"}},
         "stages": stages,
     }
     path = tmp / "plan.yaml"

@@ -41,7 +41,9 @@ def make_plan(tmp_path: Path, stages: list[dict], gates: dict | None = None, ver
             "versions": versions or {"v1": service("v1"), "v2": service("v2"), "v3": service("v3", errors="30%")},
         },
         "load": {"locustfile": locustfile or str(LOCUSTFILE), "users": users, "spawn_rate": users, "max_requests": 200000, **({"metrics": metrics} if metrics else {})},
-        "gates": gates if gates is not None else {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 50}},
+        # the engine's mechanics, not the statistics, are tested with this default: the naive rule (threshold)
+        # judges after 50 requests; the sequential absolute gates have their own tests (test_sequential_e2e)
+        "gates": gates if gates is not None else {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 50, "method": "threshold"}},
         "stages": stages,
     }
     return write_plan(tmp_path, plan)
@@ -305,7 +307,7 @@ def test_a_canary_that_never_gets_healthy_is_an_infrastructure_error(rollout_env
     assert st["live"]["stable"]["alive"] and st["state"]["split"]["weight"] == 0
 
 
-UNDECIDABLE = {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 1000000}}  # never enough evidence
+UNDECIDABLE = {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 1000000, "method": "threshold"}}  # never enough evidence
 
 
 def test_uncertain_stage_awaits_review_then_approve_continues(rollout_env: Any) -> None:

@@ -74,7 +74,16 @@ CASES = [
     ("compare-on-canary-only-stage", _mut(lambda p: (p["gates"].update(cmp={"metric": "p95", "compare": "stable", "max_increase": "20%"}), p["stages"][0].update(load_to="canary"))), ["gates.cmp", "needs stable traffic", "load_to: canary"]),
     ("health-not-a-path", _set(("target", "versions", "v1", "health"), "healthz"), ["target.versions.v1.health", "a path starting with /"]),
     ("host-with-local-backend", _set(("load", "host"), "http://example.com"), ["load.host", "no host with the local backend"]),
-    ("sequential-without-compare", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "max": "1s", "method": "sequential"})), ["gates.seq", "`compare: stable` with `method: sequential`"]),
+    ("sequential-with-min", _mut(lambda p: (p["load"].update(metrics={"conf": {"json": "confidence"}}), p["gates"].update(seq={"metric": "conf", "min": 0.5, "method": "sequential"}))), ["gates.seq", "`method: threshold` for a declared metric"]),
+    ("sequential-limit-of-zero", _mut(lambda p: p["gates"].update(z={"metric": "error_rate", "max": "0%"})), ["gates.z", "`method: threshold`"]),
+    ("error-increase-of-100-percent", _mut(lambda p: p["gates"].update(cmp={"metric": "error_rate", "compare": "stable", "max_increase": "100%", "method": "sequential"})), ["gates.cmp.max_increase", "+1pt", "max_ratio: 2"]),
+    ("error-increase-not-a-margin", _mut(lambda p: p["gates"].update(cmp={"metric": "error_rate", "compare": "stable", "max_increase": "double"})), ["gates.cmp.max_increase", "+1pt", "max_ratio: 2"]),
+    ("points-on-latency", _mut(lambda p: p["gates"].update(cmp={"metric": "p95", "compare": "stable", "max_increase": "+5pt"})), ["gates.cmp.max_increase", "20%"]),
+    ("ratio-and-increase", _mut(lambda p: p["gates"].update(cmp={"metric": "error_rate", "compare": "stable", "max_increase": "+1pt", "max_ratio": 2})), ["gates.cmp", "not both"]),
+    ("ratio-on-latency", _mut(lambda p: p["gates"].update(cmp={"metric": "p95", "compare": "stable", "max_ratio": 2})), ["gates.cmp", "`max_ratio` with `metric: error_rate`"]),
+    ("pass-max-above-max", _mut(lambda p: p["gates"].update(lim={"metric": "error_rate", "max": "2%", "pass_max": "3%"})), ["gates.lim", "at most `max`"]),
+    ("sequential-latency-with-cluster-runner", _mut(lambda p: (p["load"].update(runner="kubernetes"), p["gates"].update(lat={"metric": "p95", "max": "1s"}))), ["gates.lat.method", "`method: threshold` on latency limits with the in-cluster runner"]),
+    ("alpha-percent-out-of-range", _mut(lambda p: p["gates"].update(lim={"metric": "error_rate", "max": "2%", "alpha": "60%"})), ["gates.lim.alpha", "< 0.5"]),
     ("alpha-out-of-range", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "compare": "stable", "max_increase": "20%", "method": "sequential", "alpha": 0.7})), ["gates.seq.alpha", "< 0.5"]),
     ("metric-source-twice", _set(("load", "metrics"), {"conf": {"json": "confidence", "header": "X-Conf"}}), ["load.metrics.conf", "exactly one source"]),
     ("share-below-without-below", _mut(lambda p: (p["load"].update(metrics={"conf": {"json": "confidence"}}), p["gates"].update(c={"metric": "conf", "stat": "share_below", "max": "5%"}))), ["gates.c", "`below: VALUE`"]),
@@ -212,3 +221,32 @@ def test_schema_accepts_the_example_plan() -> None:
     bad = dict(data, colour="red")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_margins_rates_and_alphas_take_the_same_spellings(tmp_path: Path, base_plan: dict) -> None:
+    p = copy.deepcopy(base_plan)
+    p["gates"] = {
+        "errors": {"metric": "error_rate", "max": "2%", "alpha": "1%"},  # sequential by default
+        "errors-old": {"metric": "error_rate", "max": "2%", "method": "threshold", "alpha": 0.01},
+        "p95": {"metric": "p95", "max": "250ms", "pass_max": "200ms", "min_requests": 300},
+        "pts": {"metric": "error_rate", "compare": "stable", "max_increase": "+1pt", "pass_increase": "0.5pt", "method": "sequential", "alpha": "0.5%"},
+        "bare": {"metric": "error_rate", "compare": "stable", "max_increase": "1%"},  # documented: percentage points
+        "ratio": {"metric": "error_rate", "compare": "stable", "max_ratio": 2, "method": "sequential"},
+        "lat": {"metric": "p99", "compare": "stable", "max_increase": "+150%"},
+    }
+    g = load_plan(write_plan(tmp_path, p)).plan.gates
+    assert (g["errors"].method, g["errors"].alpha, g["errors"].min_requests) == ("sequential", 0.01, 1)
+    assert (g["errors-old"].method, g["errors-old"].min_requests) == ("threshold", 100)
+    assert (g["p95"].method, g["p95"].pass_max, g["p95"].min_requests) == ("sequential", 200.0, 300)
+    assert (g["pts"].max_increase, g["pts"].pass_increase, g["pts"].alpha) == (0.01, 0.005, 0.005)
+    assert g["bare"].max_increase == 0.01 and g["bare"].method == "threshold"  # comparisons keep their default
+    assert g["ratio"].max_ratio == 2.0 and g["ratio"].max_increase is None
+    assert abs(g["lat"].max_increase - 1.5) < 1e-12
+
+
+def test_a_hundred_percent_error_increase_is_refused_by_validate_not_at_run_time(tmp_path: Path, base_plan: dict) -> None:
+    p = copy.deepcopy(base_plan)
+    p["gates"]["double"] = {"metric": "error_rate", "compare": "stable", "max_increase": "100%", "method": "sequential"}
+    r = run_cli("validate", str(write_plan(tmp_path, p)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "gates.double.max_increase" in r.stderr and "+1pt" in r.stderr and "max_ratio: 2" in r.stderr, r.stderr

@@ -30,10 +30,18 @@ def state_dir(loaded: LoadedPlan, override: str | None = None) -> Path:
     return base / loaded.plan.name
 
 
+def plan_info(loaded: LoadedPlan) -> dict[str, Any]:
+    """What `rollout list` shows of a plan when only its state is found (a ConfigMap, a bare state directory)."""
+    p = loaded.plan
+    return {"owner": p.owner.name, "contact": p.owner.contact, "stages": [s.name for s in p.stages], "backend": p.target.backend}
+
+
 def make(loaded: LoadedPlan, state_dir_override: str | None = None, *, kubeconfig: str | None = None,
-         context: str | None = None, namespace: str | None = None) -> tuple[Any, Any]:
-    """(backend, store) for the plan's target; kubeconfig/context/namespace (the command line's)
-    override the plan's for the kubernetes backend and mean nothing to the local one."""
+         context: str | None = None, namespace: str | None = None, step_timeout: float | None = None,
+         request_timeout: float | None = None) -> tuple[Any, Any]:
+    """(backend, store) for the plan's target; kubeconfig/context/namespace and the step/request
+    timeouts (the command line's) override the plan's for the kubernetes backend and mean nothing
+    to the local one."""
     if loaded.plan.target.backend == "local":
         from rollout.backends.local.backend import LocalBackend
         from rollout.backends.local.store import LocalStore
@@ -43,12 +51,14 @@ def make(loaded: LoadedPlan, state_dir_override: str | None = None, *, kubeconfi
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends.kubernetes import wiring
 
-        return wiring.make(loaded, kubeconfig=kubeconfig, context=context, namespace=namespace)
+        return wiring.make(loaded, step_timeout=step_timeout, request_timeout=request_timeout,
+                           kubeconfig=kubeconfig, context=context, namespace=namespace)
     raise NotImplementedError(loaded.plan.target.backend)
 
 
 def make_store(loaded: LoadedPlan, state_dir_override: str | None = None, *, kubeconfig: str | None = None,
-               context: str | None = None, namespace: str | None = None) -> Any:
+               context: str | None = None, namespace: str | None = None, step_timeout: float | None = None,
+               request_timeout: float | None = None) -> Any:
     """The store alone (read-only commands need no backend, and must not start anything)."""
     if loaded.plan.target.backend == "local":
         from rollout.backends.local.store import LocalStore
@@ -57,5 +67,5 @@ def make_store(loaded: LoadedPlan, state_dir_override: str | None = None, *, kub
     if loaded.plan.target.backend == "kubernetes":
         from rollout.backends.kubernetes import wiring
 
-        return wiring.make_store(loaded, kubeconfig=kubeconfig, context=context, namespace=namespace)
+        return wiring.make_store(loaded, request_timeout=request_timeout, kubeconfig=kubeconfig, context=context, namespace=namespace)
     raise NotImplementedError(loaded.plan.target.backend)

@@ -62,6 +62,12 @@ class Outcome:
     exit_code: int = EXIT_OK
 
 
+def canary_started(state: State) -> bool:
+    """Whether the rollout in progress ever had its canary up: deployed, or a stage recorded."""
+    since = state.started_at or 0.0
+    return bool(state.stages) or any(h.action == "deployed" and h.at >= since for h in state.history)
+
+
 class Engine:
     def __init__(
         self,
@@ -404,8 +410,10 @@ class Engine:
         done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
         self._audit("stable", done)
         self.notifier.emit(ALERT_FOR_ROLLBACK.get(cause, "rolled-back"), f"{done} — {st.reason}", self._alert_details(reason=st.reason))
-        if st.canary_version:  # a rollout ended here (not a revert of an already finished one)
+        if st.canary_version and canary_started(st):  # a rollout ended here (not a revert of an already finished one)
             self._archive(st.phase.value)
+        else:  # a canary that never came up is no rollout to keep in history (the audit trail keeps what happened)
+            st.canary_version = None
         self.save()
 
     def _promote(self) -> None:
@@ -470,18 +478,19 @@ class Engine:
 
     # -- the other verbs -------------------------------------------------------
 
-    def approve(self) -> Outcome:
+    def approve(self, reason: str = "") -> Outcome:
         st = self.state
+        why = f": {reason}" if reason else ""
         if st.phase is Phase.AWAITING_REVIEW:
             name = self.plan.stages[st.stage_index].name
-            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}")
+            self._accept_stage(f"stage {st.stage_index + 1} `{name}` accepted on review by {self.who}{why}")
             return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")
         action = decide(self.plan, st, now=self.clock())
         if action.kind is not Kind.WAIT_APPROVAL or action.stage is None:
             raise UsageError(f"nothing is waiting for approval ({st.phase.value}: {st.reason or 'no rollout in progress'})", "see `rollout status`")
         st.approved.append(action.stage)
         st.phase = Phase.PROGRESSING
-        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}"
+        st.reason = f"stage {action.stage + 1} `{self.plan.stages[action.stage].name}` approved by {self.who}{why}"
         self._audit("approve", st.reason)
         self.save()
         return Outcome("approved", f"{st.reason}; run `rollout advance` or `rollout run` to continue")

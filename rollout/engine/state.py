@@ -143,6 +143,12 @@ class State:
     revisions: list[Revision] = field(default_factory=list)
     past: list[RolloutSummary] = field(default_factory=list)
     backend: dict[str, Any] = field(default_factory=dict)  # the backend's own runtime record
+    # the running driver's latest numbers (phase, stage, split, per-version rps/errors/p95, gate verdicts),
+    # written at a bounded rate so `rollout status --watch` can show them from another machine; None when no stage runs
+    live: dict[str, Any] | None = None
+    # who owns the plan and its stage names, recorded by every command that acts, so `rollout list`
+    # can show a rollout found without its plan file (a ConfigMap in the cluster, a bare state directory)
+    plan_info: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     # -- small helpers that keep records consistent ---------------------------
@@ -251,5 +257,7 @@ def from_dict(d: dict[str, Any]) -> State:
         revisions=[Revision(**r) for r in d.get("revisions", [])],
         past=[RolloutSummary(**p) for p in d.get("past", [])],
         backend=dict(d.get("backend", {})),
+        live=d.get("live"),
+        plan_info=dict(d.get("plan_info") or {}),
         schema=int(d.get("schema", SCHEMA_VERSION)),
     )

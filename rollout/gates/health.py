@@ -52,7 +52,12 @@ def stable_breaches(gates: dict[str, Gate], stats: StageStats) -> list[Verdict]:
         if gate.compare is not None or gate.version != "canary":
             continue
         as_stable = gate.model_copy(update={"version": "stable"})
-        v = evaluate(name, as_stable, stats, final=True)
+        if gate.method == "sequential":  # credibly above its limit, one look at the stage's end (α of the gate)
+            from rollout.gates.judge import SequentialLimit
+
+            v = SequentialLimit(name, as_stable, gate.alpha).evaluate(stats, final=True)
+        else:
+            v = evaluate(name, as_stable, stats, final=True)
         if v.status is Status.FAIL:
             out.append(Verdict(f"health: stable {name}", Status.INCONCLUSIVE,
                                f"the stable version itself breaches `{name}`: {v.message}", "stable", v.observed, v.threshold, v.requests))

@@ -106,7 +106,10 @@ def _compare(name: str, gate: Gate, stats: StageStats, final: bool) -> Verdict:
         status = Status.PASS if final else Status.PENDING
         return Verdict(name, status, f"canary {_label(gate)} {_fmt(gate, c_val)} ≥ {_fmt(gate, limit)} = {rel} {numbers}", "canary", c_val, limit, c_n)
     inc = float(gate.max_increase or 0.0)
-    if gate.metric == "error_rate":
+    if gate.max_ratio is not None:  # error_rate only (validated): at most ratio × stable's
+        limit = s_val * float(gate.max_ratio)
+        rel = f"stable {_fmt(gate, s_val)} × {float(gate.max_ratio):g}"
+    elif gate.metric == "error_rate":
         limit = s_val + inc
         rel = f"stable {_fmt(gate, s_val)} + {fmt_percent(inc)} points"
     else:

@@ -30,7 +30,15 @@ from pydantic import (
 from rollout.notify import Webhook
 from rollout.plan import names
 from rollout.plan.limits import MAX_USERS, MAX_WORKERS
-from rollout.plan.units import parse_duration, parse_latency, parse_percent, parse_weight
+from rollout.plan.units import (
+    parse_duration,
+    parse_latency,
+    parse_percent,
+    parse_points,
+    parse_rate_or_fraction,
+    parse_relative,
+    parse_weight,
+)
 
 
 def _rule(check: Any, *args: Any) -> Any:
@@ -96,6 +104,26 @@ Percent = Annotated[
         {"type": "string", "pattern": r"^\d+(\.\d+)?\s*%$", "description": "a percentage: 1%, 0.5%"}
     ),
 ]
+Alpha = Annotated[
+    float,
+    BeforeValidator(parse_rate_or_fraction),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?\s*%$"}, {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 0.5}],
+            "description": "a false-verdict rate: 1% or 0.01",
+        }
+    ),
+]
+Margin = Annotated[
+    float,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^\+?\s*\d+(\.\d+)?\s*(%|pt|pts|pp|points?)$",
+            "description": "latency: a relative increase (20% = ×1.2); error_rate: percentage points (+1pt; a bare 1% means the same)",
+        }
+    ),
+]
 Threshold = Annotated[
     Union[str, int, float],
     WithJsonSchema(
@@ -133,8 +161,9 @@ class LocalVersion(Strict):
 
     command: str = Field(
         min_length=1,
-        description="shell-free command line (split as a POSIX shell would, no shell runs it); {port} is replaced "
-        "by the port to listen on (also given as $PORT), {version} by the version's name, {python} by this Python",
+        description="shell-free command line (split as a POSIX shell would; no shell runs it), run in the plan's directory; "
+        "{port} is replaced by the port to listen on (also given as $PORT), {version} by the version's name, "
+        "{python} by the Python running rollout",
     )
     health: str = Field("/healthz", pattern=r"^/[^\s\x00-\x1f\x7f]*$",
                         description="path answered with 2xx once the version is up (starts with /, no spaces)")
@@ -212,6 +241,15 @@ class KubernetesTarget(Strict):
     progress_deadline: PositiveDuration = Field(300.0, description="how long a Deployment may take to become ready")
     entry_url: Url | None = Field(None, description="where users' traffic enters (default: load.host)")
     canary_url: Url | None = Field(None, description="the canary alone, for `load_to: canary` stages")
+    # time bounds against a slow or failing cluster (rollout.backends.kubernetes.client)
+    step_timeout: Duration | None = Field(None, gt=0, le=86400, description="the deadline of each step (deploy, shift, promote, "
+                                          "roll back), its waits included; past it the command stops, exit 3 "
+                                          "(default: 2 × progress_deadline + 60s; --step-timeout)")
+    request_timeout: Duration = Field(30.0, gt=0, le=3600, description="client-side timeout of each API request (--request-timeout)")
+    retry_budget: Duration = Field(30.0, ge=0, le=3600, description="how long one API call may retry 429/5xx/timeouts, "
+                                   "Retry-After honoured within it")
+    lease_duration: Duration = Field(15.0, ge=1, le=3600, description="the lock's Lease: a command whose renewals fail for "
+                                     "80% of it stops before its next change; a dead command's lock expires after it")
 
     @model_validator(mode="after")
     def _router_fields(self) -> KubernetesTarget:
@@ -314,31 +352,78 @@ class Gate(Strict):
     max: Threshold | None = None
     min: Threshold | None = Field(None, description="for a declared metric: the lowest acceptable value")
     compare: Literal["stable"] | None = None
-    max_increase: Percent | None = Field(
+    max_increase: Margin | None = Field(
         None,
         description="with compare: latency at most this much above stable's (20% = ×1.2); "
-        "error_rate at most this many points above stable's",
+        "error_rate at most this many percentage points above stable's (+1pt; a bare 1% also means +1 point)",
     )
-    min_requests: int = Field(100, ge=1, le=Int32, description="requests per version before the gate may judge")
+    max_ratio: float | None = Field(
+        None, gt=0, description="with compare, for error_rate: the canary's rate at most this many times stable's (2 = at most double)"
+    )
+    min_requests: int = Field(
+        100, ge=1, le=Int32, description="threshold: requests per version before the gate may judge (default 100); "
+        "sequential: an optional floor before the gate may pass (default none; a failure never waits for it)"
+    )
     critical: bool = Field(
         True, description="a failing critical gate rolls back at once; a failing non-critical one asks a person (awaiting-review)"
     )
     method: Literal["threshold", "sequential"] = Field(
         "threshold",
-        description="with compare: `threshold` compares the stage's cumulative numbers each second; "
-        "`sequential` runs an anytime-valid test (e-process / confidence sequence) whose false-rollback "
-        "rate stays at `alpha` however often it is checked",
+        description="`sequential` (the default for absolute limits on error_rate and p50–p99) runs an anytime-valid "
+        "test (e-process / confidence sequence) whose false-rollback rate stays at `alpha` however often it is "
+        "checked: fail when credibly worse than the limit, pass when credibly better, else inconclusive; "
+        "`threshold` (the default for comparisons and declared metrics) compares the stage's cumulative numbers each second",
     )
-    alpha: float = Field(0.01, gt=0, lt=0.5, description="sequential: the false-rollback rate, split over the stage's sequential gates")
-    pass_increase: Percent | None = Field(
+    alpha: Alpha = Field(0.01, gt=0, lt=0.5, description="sequential: the false-rollback rate (1% or 0.01), split over the stage's sequential gates")
+    pass_increase: Margin | None = Field(
         None, description="sequential: the canary passes once credibly below this increase (default: max_increase)"
+    )
+    pass_max: Threshold | None = Field(
+        None, description="sequential, with max: the gate passes once credibly below this stricter limit (default: max)"
     )
 
     max_decrease: Percent | None = Field(
         None, description="with compare, for a declared metric where higher is better: at most this much below stable's"
     )
 
-    @field_validator("max", "min", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        """Defaults that depend on the gate's shape: absolute limits on error_rate and p50–p99 are judged
+        sequentially unless the plan says `method: threshold`; sequential gates have no request floor unless given."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        builtin = out.get("metric") in METRICS
+        if out.get("method") is None and builtin and out.get("compare") is None and out.get("max") is not None:
+            out["method"] = "sequential"
+        if out.get("method") == "sequential" and out.get("min_requests") is None:
+            out["min_requests"] = 1
+        return out
+
+    @field_validator("max_increase", "pass_increase", mode="before")
+    @classmethod
+    def _margin(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        if info.data.get("metric") == "error_rate":
+            points = parse_points(v)
+            if points is None:
+                try:
+                    points = parse_percent(v if not isinstance(v, str) else v.strip().lstrip("+").strip())
+                except ValueError:
+                    raise ValueError("an error-rate increase in percentage points, such as +1pt "
+                                     "(or a ratio: `max_ratio: 2` for at most double)") from None
+            if not points < 1:
+                raise ValueError(f"an error-rate increase below 100 points: `{v}` is read as +{100 * points:g} points, which "
+                                 "no error rate can exceed; for percentage points write +1pt, for a ratio write "
+                                 "`max_ratio: 2` (at most double) instead of max_increase")
+            return points
+        if parse_points(v) is not None:
+            raise ValueError("a relative increase in %, such as 20% (percentage points are for error_rate)")
+        return parse_relative(v)
+
+    @field_validator("max", "min", "pass_max", mode="before")
     @classmethod
     def _threshold(cls, v: Any, info: ValidationInfo) -> Any:
         if v is None:
@@ -367,20 +452,39 @@ class Gate(Strict):
             raise ValueError("either `max` (an absolute limit) or `compare: stable` with `max_increase`")
         if self.compare is not None and (self.max is not None or self.min is not None):
             raise ValueError("`max`/`min` and `compare` together; use two gates")
-        if self.compare is not None and self.max_increase is None and self.max_decrease is None:
-            raise ValueError("`max_increase` with `compare: stable` (e.g. max_increase: 20%)")
-        if self.compare is None and (self.max_increase is not None or self.max_decrease is not None):
-            raise ValueError("`compare: stable` to go with `max_increase`/`max_decrease`")
+        if self.compare is not None and self.max_increase is None and self.max_decrease is None and self.max_ratio is None:
+            raise ValueError("`max_increase` with `compare: stable` (e.g. max_increase: 20%, or +1pt / max_ratio: 2 for error_rate)")
+        if self.compare is None and (self.max_increase is not None or self.max_decrease is not None or self.max_ratio is not None):
+            raise ValueError("`compare: stable` to go with `max_increase`/`max_ratio`/`max_decrease`")
         if self.method == "sequential" and not builtin:
             raise ValueError("`method: threshold` for a declared metric (sequential tests cover error_rate and p50–p99)")
         if self.compare is not None and self.version != "canary":
             raise ValueError("`version: canary` (or no version) with `compare: stable`")
-        if self.method == "sequential" and self.compare is None:
-            raise ValueError("`compare: stable` with `method: sequential` (absolute limits are checked directly)")
         if self.pass_increase is not None and self.method != "sequential":
             raise ValueError("`method: sequential` to go with `pass_increase`")
         if self.pass_increase is not None and self.max_increase is not None and self.pass_increase > self.max_increase:
             raise ValueError("`pass_increase` at most `max_increase`")
+        if self.max_ratio is not None:
+            if self.metric != "error_rate" or self.compare is None:
+                raise ValueError("`max_ratio` with `metric: error_rate` and `compare: stable` (latency margins are relative already: max_increase: 20%)")
+            if self.max_increase is not None:
+                raise ValueError("either `max_increase` (percentage points, +1pt) or `max_ratio` (2 = at most double), not both")
+            if self.pass_increase is not None:
+                raise ValueError("`pass_increase` goes with `max_increase`; a `max_ratio` gate passes below the same ratio")
+        if self.method == "sequential" and self.compare is None:
+            if self.min is not None:
+                raise ValueError("`method: threshold` with `min` (sequential limits are upper limits: `max`)")
+            limit = float(self.max)  # type: ignore[arg-type]
+            if self.metric == "error_rate" and not 0 < limit < 1:
+                raise ValueError("`max` between 0% and 100% (exclusive) with `method: sequential` "
+                                 "(a limit of 0% can never be shown to hold; use `method: threshold` for it)")
+            if self.metric != "error_rate" and not limit > 0:
+                raise ValueError("`max` above 0 ms with `method: sequential`")
+        if self.pass_max is not None:
+            if self.method != "sequential" or self.max is None:
+                raise ValueError("`pass_max` goes with `max` and `method: sequential`")
+            if float(self.pass_max) > float(self.max) or not float(self.pass_max) > 0:  # type: ignore[arg-type]
+                raise ValueError("`pass_max` above 0 and at most `max` (the gate passes once credibly below it)")
         return self
 
     @property

@@ -123,3 +123,43 @@ def fmt_percent(frac: float) -> str:
         return "0%"
     text = f"{pct:.3g}" if pct < 100 else f"{pct:.0f}"
     return f"{text}%"
+
+
+_POINTS = re.compile(rf"^\+?\s*{_NUM}\s*(pt|pts|pp|points?)$")
+_SIGNED_PERCENT = re.compile(rf"^\+?\s*{_NUM}\s*%$")
+
+
+def parse_rate_or_fraction(value: object) -> float:
+    """An alpha or other probability: `1%` or a bare fraction `0.01` → fraction (no ambiguity: < 1)."""
+    if isinstance(value, bool):
+        raise ValueError("a rate such as 1% or 0.01")
+    if isinstance(value, int | float):
+        return _bounded(float(value), math.inf, "a rate such as 1% or 0.01")
+    if isinstance(value, str):
+        s = value.strip()
+        if _PERCENT.match(s):
+            return parse_percent(s)
+        try:
+            return _bounded(float(s), math.inf, "a rate such as 1% or 0.01")  # float("nan") parses: refused here
+        except ValueError as exc:
+            if "finite" in str(exc):
+                raise
+    raise ValueError("a rate such as 1% or 0.01")
+
+
+def parse_points(value: object) -> float | None:
+    """`+1pt`, `0.5pt`, `1pp`, `2 points` → a difference of rates as a fraction (0.01); None when not in points."""
+    if isinstance(value, str):
+        m = _POINTS.match(value.strip())
+        if m:
+            return _bounded(float(m.group(1)) / 100.0, math.inf, "a difference in points such as +1pt")
+    return None
+
+
+def parse_relative(value: object) -> float:
+    """`20%` or `+20%` → 0.2 (a relative increase; above 100 % allowed: `+150%` is ×2.5)."""
+    if isinstance(value, str):
+        m = _SIGNED_PERCENT.match(value.strip())
+        if m:
+            return _bounded(float(m.group(1)) / 100.0, math.inf, "a percentage such as 20% or +20%")
+    raise ValueError("a percentage such as 20% or +20%")

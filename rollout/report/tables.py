@@ -20,14 +20,26 @@ def gate_threshold(gate: Gate) -> str:
     if gate.compare:
         if gate.max_decrease is not None:
             return f"≥ {fmt_percent(float(gate.max_decrease))} below stable at most"
-        what = "points above stable" if gate.metric == "error_rate" else "above stable"
-        return f"≤ {fmt_percent(float(gate.max_increase or 0))} {what}"
+        if gate.max_ratio is not None:
+            return f"≤ {float(gate.max_ratio):g} × stable{_how(gate)}"
+        if gate.metric == "error_rate":
+            return f"≤ +{100 * float(gate.max_increase or 0):g} points above stable{_how(gate)}"
+        return f"≤ {fmt_percent(float(gate.max_increase or 0))} above stable{_how(gate)}"
     bounds = []
     if gate.min is not None:
         bounds.append(f"≥ {_fmt(gate, float(gate.min))}")  # type: ignore[arg-type]
     if gate.max is not None:
         bounds.append(f"≤ {_fmt(gate, float(gate.max))}")  # type: ignore[arg-type]
-    return " and ".join(bounds)
+    return " and ".join(bounds) + _how(gate)
+
+
+def _how(gate: Gate) -> str:
+    """How the gate decides: anytime-valid at alpha, or the plain comparison of cumulative numbers."""
+    return f" (sequential, α={gate.alpha:g})" if gate.method == "sequential" else ""
+
+
+def _floor(gate: Gate) -> Any:
+    return "-" if gate.method == "sequential" and gate.min_requests <= 1 else gate.min_requests
 
 
 def _metric_label(gate: Gate) -> str:
@@ -55,12 +67,12 @@ def plan_tables(plan: Plan) -> str:
         ])
     stages = tabulate(rows, headers=["#", "stage", "weight", "cohort", "load to", "users", "duration", "approval", "gates"])
     grows = [
-        [name, _metric_label(g), "canary vs stable" if g.compare else g.version, gate_threshold(g), g.min_requests]
+        [name, _metric_label(g), "canary vs stable" if g.compare else g.version, gate_threshold(g), _floor(g)]
         for name, g in plan.gates.items()
     ]
     for i, s in enumerate(plan.stages):
         for name, g in (s.gates or {}).items():
-            grows.append([f"{name} (stage {s.name})", _metric_label(g) if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", g.min_requests if g else "-"])
+            grows.append([f"{name} (stage {s.name})", _metric_label(g) if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", _floor(g) if g else "-"])
     gates = tabulate(grows, headers=["gate", "metric", "on", "passes when", "min requests"]) if grows else "(no gates)"
     head = f"Plan `{plan.name}` — owner {printable(plan.owner.name)} <{printable(plan.owner.contact)}> — backend {plan.target.backend}"
     return printable(f"{head}\n\n{stages}\n\n{gates}", keep_newlines=True)

@@ -49,7 +49,9 @@ Dropping depends only on ages, never on outcomes, so validity is unchanged;
 with an uneven split nothing is lost either (the minority version still finds
 a partner in the same second).
 
-`ErrorRateRatioTest` -- ratio margin, FAIL only (H0: p_canary <= r0 * p_stable).
+`ErrorRateRatioTest` -- ratio margin, FAIL (H0: p_canary <= r0 * p_stable) and,
+with `pass_ratio`, PASS (the mirror, H0': p_canary >= r1 * p_stable, alternatives
+r1 / m_j below it).
 Given that an error happened in second s, it is a canary error with
 probability theta_s(r) = r*n_c,s / (r*n_c,s + n_b,s), r = p_canary / p_stable
 (exact for Poisson error counts, the rare-error limit of Bernoulli requests).
@@ -418,7 +420,13 @@ class PairedErrorRateTest:
 
 
 class ErrorRateRatioTest:
-    """Ratio-margin error-rate gate: FAIL if p_canary > max_ratio * p_stable credibly (never PASSes).
+    """Ratio-margin error-rate gate: FAIL if p_canary > max_ratio * p_stable credibly; PASS if < pass_ratio × credibly.
+
+    PASS is the mirror test (H0': r >= pass_ratio, alternatives pass_ratio / m_j):
+    each likelihood ratio l(r_j) - l(r1) with r_j < r1 has conditional mean <= 1
+    for every r >= r1 (it decreases in theta), so it is an e-process too. It
+    needs errors on both sides to say anything: with rare errors, proving
+    "at most double" takes many requests (see bench/README.md).
 
     Feed it once a second with cumulative counters (`update`) or increments
     (`add`); per-second shares make it robust to a changing traffic split.
@@ -432,9 +440,16 @@ class ErrorRateRatioTest:
         max_ratio: float = 1.0,
         alpha: float = 0.01,
         ratio_multipliers: Sequence[float] = DEFAULT_RATIO_MULTIPLIERS,
+        pass_ratio: float | None = None,
+        alpha_pass: float | None = None,
     ) -> None:
         if not max_ratio > 0:
             raise ValueError("max_ratio must be positive")
+        if pass_ratio is not None and not 0 < pass_ratio <= max_ratio:
+            raise ValueError("pass_ratio must be in (0, max_ratio]")
+        alpha_pass = alpha if alpha_pass is None else alpha_pass
+        if not 0 < alpha_pass < 1:
+            raise ValueError("alpha_pass must be in (0, 1)")
         if not 0 < alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
         if not ratio_multipliers or any(not m > 1 for m in ratio_multipliers):
@@ -448,6 +463,13 @@ class ErrorRateRatioTest:
         # l(r_j) - l(r0) for each alternative, accumulated over seconds.
         self._llr = [0.0] * len(self.ratios)
         self.crossed_at: tuple[int, int] | None = None
+        self.pass_ratio = None if pass_ratio is None else float(pass_ratio)
+        self.alpha_pass = float(alpha_pass)
+        # PASS side: alternatives below r1 (same multipliers, divided), l(r_j) - l(r1)
+        self._log_r1 = math.log(self.pass_ratio) if self.pass_ratio is not None else 0.0
+        self._log_pass_ratios = tuple(self._log_r1 - math.log(m) for m in ratio_multipliers) if self.pass_ratio is not None else ()
+        self._llr_pass = [0.0] * len(self._log_pass_ratios)
+        self.pass_crossed_at: tuple[int, int] | None = None
         self.operations = 0
 
     def update(self, n_canary: int, err_canary: int, n_stable: int, err_stable: int) -> SequentialResult:
@@ -482,10 +504,21 @@ class ErrorRateRatioTest:
             for j, log_r in enumerate(self._log_ratios):
                 self._llr[j] += ll(log_r) - base
             self.operations += len(self._log_ratios) + 1
+            if self._llr_pass:
+                base1 = ll(self._log_r1)
+                for j, log_r in enumerate(self._log_pass_ratios):
+                    self._llr_pass[j] += ll(log_r) - base1
+                self.operations += len(self._log_pass_ratios) + 1
         return self.result()
 
     def log_e(self) -> float:
         return _logsumexp(self._llr) - math.log(len(self._llr))
+
+    def log_e_pass(self) -> float:
+        """log of the PASS e-process (H0': ratio >= pass_ratio); 0 without a pass_ratio."""
+        if not self._llr_pass:
+            return 0.0
+        return _logsumexp(self._llr_pass) - math.log(len(self._llr_pass))
 
     def result(self) -> SequentialResult:
         log_e = self.log_e()
@@ -494,7 +527,17 @@ class ErrorRateRatioTest:
         cum = self._cum
         if self.crossed_at is None and log_e >= math.log(thr):
             self.crossed_at = (cum.n_c, cum.n_b)
-        decision = Decision.FAIL if self.crossed_at is not None else Decision.CONTINUE
+        log_e_pass = self.log_e_pass()
+        e_pass = math.exp(min(log_e_pass, 700.0))
+        thr_pass = 1 / self.alpha_pass
+        if self.pass_crossed_at is None and self.pass_ratio is not None and log_e_pass >= math.log(thr_pass):
+            self.pass_crossed_at = (cum.n_c, cum.n_b)
+        if self.crossed_at is not None:
+            decision = Decision.FAIL
+        elif self.pass_crossed_at is not None:
+            decision = Decision.PASS
+        else:
+            decision = Decision.CONTINUE
         rate_c = cum.e_c / cum.n_c if cum.n_c else math.nan
         rate_b = cum.e_b / cum.n_b if cum.n_b else math.nan
         if rate_b > 0:
@@ -511,8 +554,11 @@ class ErrorRateRatioTest:
         counts = f"{fmt_count(cum.n_c)}/{fmt_count(cum.n_b)} requests"
         if decision is Decision.FAIL:
             tail = f": > {self.max_ratio:g}× stable credibly (e={fmt_e(e)} ≥ {fmt_e(thr)}, {counts})"
+        elif decision is Decision.PASS:
+            tail = f": < {self.pass_ratio:g}× stable credibly (e={fmt_e(e_pass)} ≥ {fmt_e(thr_pass)}, {counts})"
         else:
-            tail = f": undecided (e={fmt_e(e)} < {fmt_e(thr)} for > {self.max_ratio:g}× stable, {counts})"
+            more = f", pass e={fmt_e(e_pass)} < {fmt_e(thr_pass)} for < {self.pass_ratio:g}×" if self.pass_ratio is not None else ""
+            tail = f": undecided (e={fmt_e(e)} < {fmt_e(thr)} for > {self.max_ratio:g}× stable{more}, {counts})"
         return SequentialResult(
             decision=decision,
             kind=self.kind,
@@ -527,5 +573,7 @@ class ErrorRateRatioTest:
             message=head + tail,
             fail_statistic=e,
             fail_threshold=thr,
+            pass_statistic=e_pass if self.pass_ratio is not None else math.nan,
+            pass_threshold=thr_pass if self.pass_ratio is not None else math.nan,
             extra={"ratio": ratio},
         )

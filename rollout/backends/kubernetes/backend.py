@@ -17,13 +17,22 @@ until it has taken effect: Deployments until observedGeneration ≥ generation
 and updated == available == spec.replicas (a new ReplicaSet whose pods never
 become ready fails with the Deployment's conditions, within
 `target.progress_deadline`), routers until a read-back says the split is live.
+
+Each step the engine asks for (ensure, deploy the canary, shift, stop the
+canary, promote) runs under one deadline, `step_timeout` (`target.step_timeout`
+or `--step-timeout`; default 2 × progress_deadline + 60 s, as a promotion waits
+for two Deployments): every request, retry and poll in it is cut to what is
+left, and past it the step stops with `StepTimeout` (exit 3). The engine saved
+the transition before the step began, so `status` says what may be half done
+and `run`/`revert` finish or undo it.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from rollout.backends.kubernetes import dryrun, routers
 from rollout.backends.kubernetes.client import (
@@ -46,12 +55,32 @@ VERSION_ANNOTATION = "rollout.dev/version"
 GW = ("gateway.networking.k8s.io", "v1")
 MAX_TEMPLATES = 20  # pod templates kept for `revert --to-revision` (as many as state.revisions)
 REVERT_HINT = "`rollout revert` puts all traffic back on stable"
+STEP_MARGIN = 60.0  # seconds beyond two progress deadlines in the default step deadline
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_step_timeout(target: KubernetesTarget) -> float:
+    """A promotion waits for two Deployments (stable, then the canary scaled down): 2 × progress_deadline + 60 s."""
+    return 2 * target.progress_deadline + STEP_MARGIN
+
+
+def step(name: str) -> Callable[[F], F]:
+    """Run a Backend method under the step deadline (a step calling another keeps the outer, earlier end)."""
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(self: "KubernetesBackend", *args: Any, **kw: Any) -> Any:
+            with self.kube.deadline(name, self.step_timeout):
+                return fn(self, *args, **kw)
+        return wrapper  # type: ignore[return-value]
+    return deco
 
 
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, loaded: LoadedPlan, kube: Kube, poll: float = 0.5, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, loaded: LoadedPlan, kube: Kube, poll: float = 0.5, sleep: Callable[[float], None] = time.sleep,
+                 step_timeout: float | None = None) -> None:
         assert isinstance(loaded.plan.target, KubernetesTarget)
         self.loaded = loaded
         self.target: KubernetesTarget = loaded.plan.target
@@ -59,6 +88,8 @@ class KubernetesBackend:
         self.ns = kube.namespace
         self.poll = poll
         self.sleep = sleep
+        # the deadline of each step: --step-timeout, else target.step_timeout, else 2 × progress_deadline + 60 s
+        self.step_timeout: float = step_timeout or self.target.step_timeout or default_step_timeout(self.target)
         self.checkpoint: Callable[[], None] = lambda: None
         self.cli_images: tuple[str, dict[str, str]] | None = None  # `--image NAME=REF`: (version, images)
 
@@ -158,6 +189,9 @@ class KubernetesBackend:
                     f"Deployment {self.ns}/{name} did not become ready {when}: "
                     f"{counts[0]}/{want} updated, {counts[1]}/{want} available; {described}",
                     f"see `kubectl -n {self.ns} describe deployment {name}` and its pods' events; {REVERT_HINT}")
+            dl = self.kube.current_deadline()
+            if dl is not None and dl.remaining() <= self.poll:  # the step ends before the next look
+                raise dl.expired(f"see Deployment {self.ns}/{name} ready ({counts[1]}/{want} available)")
             self.sleep(self.poll)
 
     def _event(self, reason: str, message: str, warning: bool = False) -> None:
@@ -320,6 +354,7 @@ class KubernetesBackend:
         elif kept is None:  # first sight of the known-good version: keep its template for `revert --to-revision`
             self._remember(state, version, stable["spec"]["template"])
 
+    @step("the check of the cluster against the recorded state")
     def ensure(self, state: State, canary: bool = True) -> None:
         d = self.target.deployments
         if canary and self.cli_images and state.phase.active and self.cli_images[0] == state.canary_version:
@@ -342,6 +377,7 @@ class KubernetesBackend:
         else:
             self._route(state, ALL_STABLE, canary=False)
 
+    @step("deploying the canary")
     def deploy_canary(self, state: State, version: str) -> None:
         d = self.target.deployments
         rec = state.backend.get("canary")
@@ -362,10 +398,12 @@ class KubernetesBackend:
             raise
         self._event("CanaryReady", f"rollout: canary {version} is ready, serving no users yet")
 
+    @step("the traffic shift")
     def apply_split(self, state: State, split: Split) -> None:
         self._route(state, split, canary=state.backend.get("canary") is not None)
         self._event("TrafficShifted", f"rollout: {split.describe()}")
 
+    @step("stopping the canary")
     def stop_canary(self, state: State) -> None:
         d = self.target.deployments
         if state.backend.get("canary") is None and int(self._get(d.canary)["spec"].get("replicas", 0)) == 0:
@@ -377,6 +415,7 @@ class KubernetesBackend:
         self.checkpoint()
         self._event("CanaryStopped", "rollout: canary scaled to 0, all traffic on stable")
 
+    @step("the promotion")
     def promote(self, state: State) -> None:
         d = self.target.deployments
         rec = state.backend.get("canary")
@@ -415,6 +454,7 @@ class KubernetesBackend:
                                "set target.canary_url, e.g. the canary Service's address")
         return self.target.canary_url
 
+    @step("reading the live objects")
     def inspect(self, state: State) -> dict[str, Any]:
         """Live facts for `status -o json`: {"deployments": {role: ...}, "traffic": {router, weight, cohort, note}}.
 
@@ -449,6 +489,7 @@ class KubernetesBackend:
             traffic["error"] = str(exc)
         return {"backend": self.name, "namespace": self.ns, "deployments": deployments, "traffic": traffic}
 
+    @step("reading the objects for the plan")
     def dry_run(self, state: State | None, version: str) -> dict[str, Any]:
         """`rollout plan`: every patch a new rollout of `version` would send, from the live objects (get only)."""
         d = self.target.deployments
@@ -478,6 +519,7 @@ class KubernetesBackend:
                 "version": version, "stable": stable_version, "images": images, "applied": False, "notes": notes,
                 "steps": [s.as_dict() for s in steps]}
 
+    @step("`rollout down`")
     def down(self, state: State) -> None:
         """Nothing here was started by this tool but the canary's pods: traffic to stable, canary to 0."""
         self.stop_canary(state)

@@ -4,23 +4,40 @@ Why one wrapper: every API call can fail in the same handful of ways, and each
 needs the same treatment everywhere —
   * 409 Conflict (a resourceVersion mismatch, or AlreadyExists) is not an
     error but a signal: the caller re-reads and decides (`Conflict`);
-  * 429 / 5xx / connection problems are transient: retried with exponential
-    backoff, bounded in tries *and* in total time (`RetryPolicy`);
+  * 429 / 5xx / connection problems and timeouts are transient: retried with
+    exponential backoff (or after the server's `Retry-After`), bounded by a
+    retry budget in time (`RetryPolicy.max_total`, default 30 s per call,
+    `target.retry_budget`); a budget spent is a `BackendError` naming the call;
   * 401 / 403 / 404 / 422 cannot be fixed by retrying: they become a
     `BackendError` naming the verb and the resource, and for 403 the exact
     RBAC rule that is missing, so the fix can be pasted into the Role.
 urllib3's own status retries are switched off (it would retry GETs on
 429/503 after Retry-After by itself, multiplying our bound); connect retries stay.
 Objects cross this module as plain dicts (the API's JSON, camelCase).
+
+Time bounds, so a slow cluster cannot outlast a command:
+  * every request has a client-side timeout (the official client's
+    `_request_timeout`: connect ≤ 5 s, read `Kube.request_timeout`, default
+    30 s, `target.request_timeout` / `--request-timeout`);
+  * a *step* (deploy the canary, shift traffic, promote, roll back) runs under
+    `Kube.deadline()`: every request's timeout, every retry's wait and every
+    poll is cut to what is left of it, and past it the step stops with
+    `StepTimeout` (exit 3). The deadline is per thread, so the Lease's renewal
+    thread is never cut short by the main thread's step;
+  * `Kube.before_write` (set by the Lease lock) is asked before every write but
+    the Lease's own, so a command that lost its lock stops before changing anything.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import urllib3
@@ -32,7 +49,11 @@ from rollout.errors import BackendError
 
 MERGE_PATCH = "application/merge-patch+json"
 RETRYABLE = {429, 500, 502, 503, 504}
-REQUEST_TIMEOUT = (5.0, 30.0)  # connect, read (seconds)
+CONNECT_TIMEOUT = 5.0  # seconds; a connect never waits longer, whatever the read timeout
+DEFAULT_REQUEST_TIMEOUT = 30.0  # read timeout of one request (target.request_timeout, --request-timeout)
+DEFAULT_RETRY_BUDGET = 30.0  # time one call may spend on retries (target.retry_budget)
+REQUEST_TIMEOUT = (CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)  # connect, read (seconds)
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
 @dataclass(frozen=True)
@@ -64,12 +85,58 @@ class Conflict(Exception):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff: at most `tries` attempts and `max_total` seconds of sleeping."""
+    """Exponential backoff within a budget: a call spends at most `max_total` seconds (waiting
+    plus the retried requests' own time) and `tries` attempts on transient failures.
 
-    tries: int = 5
+    A `Retry-After` from the server replaces the backoff (the server knows its load, as
+    client-go assumes) as long as it fits in what is left of the budget; one that does not
+    is given up on at once (waiting less than asked would only earn another 429)."""
+
+    tries: int = 30
     base: float = 0.2
-    max_total: float = 10.0
+    max_total: float = DEFAULT_RETRY_BUDGET
+    max_delay: float = 5.0  # one backoff wait at most (Retry-After may ask for more)
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+
+class StepTimeout(BackendError):
+    """A step ran past its deadline; what it may have half done is in the state (its transition)."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The end of one step, on the monotonic clock."""
+
+    step: str
+    seconds: float
+    at: float
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    def expired(self, doing: str, last: str = "") -> StepTimeout:
+        tail = f" (last answer: {last})" if last else ""
+        return StepTimeout(
+            f"{self.step} did not finish within its deadline of {round(self.seconds, 2):g}s; it was stopped while waiting to {doing}{tail}",
+            "it may be half done, and the state says what: `rollout status` shows it, `rollout run` finishes it, "
+            "`rollout revert` puts all traffic back on stable; if the cluster is only slow, raise the deadline "
+            "(--step-timeout, or target.step_timeout in the plan)")
+
+
+def retry_after_seconds(value: Any) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3); None when absent or unreadable."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        secs = float(text)
+        return secs if secs >= 0 and secs == secs and secs != float("inf") else None
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(text).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _status_message(exc: ApiException) -> str:
@@ -91,6 +158,36 @@ class Kube:
     namespace: str
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     where: str = ""  # the cluster, for messages
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT  # read timeout of each request, seconds
+    # asked before every write but the Lease's own; raises to stop a command that lost its lock (fencing)
+    before_write: Callable[[], None] | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+
+    # -- deadlines ---------------------------------------------------------------
+
+    @contextmanager
+    def deadline(self, step: str, seconds: float | None) -> Iterator[None]:
+        """Calls in this thread inside the block end by `seconds` from now (None: no deadline).
+        Nested deadlines never extend an outer one: the earlier end wins."""
+        prev: Deadline | None = getattr(self._local, "deadline", None)
+        if seconds is None:
+            yield
+            return
+        new = Deadline(step, seconds, time.monotonic() + seconds)
+        self._local.deadline = prev if prev is not None and prev.at <= new.at else new
+        try:
+            yield
+        finally:
+            self._local.deadline = prev
+
+    def current_deadline(self) -> Deadline | None:
+        return getattr(self._local, "deadline", None)
+
+    def _timeout(self, left: float | None) -> tuple[float, float]:
+        connect, read = min(CONNECT_TIMEOUT, self.request_timeout), self.request_timeout
+        if left is not None:
+            connect, read = min(connect, left), min(read, left)
+        return max(connect, 0.001), max(read, 0.001)
 
     @property
     def core(self) -> k8s.CoreV1Api:
@@ -116,12 +213,22 @@ class Kube:
              missing_ok: bool = False, **kw: Any) -> Any:
         """`fn(*args, **kw)` with the error policy above; returns the result as a plain dict
         (None for a 404 when `missing_ok`)."""
-        kw.setdefault("_request_timeout", REQUEST_TIMEOUT)
         what = f'{verb} {res} "{name}"' if name else f"{verb} {res}"
         where = f'in namespace "{self.namespace}"' + (f" of {self.where}" if self.where else "")
-        last, tries, slept = "", 0, 0.0
+        if verb in WRITE_VERBS and res != LEASES and self.before_write is not None:
+            self.before_write()  # fencing: raises when this command no longer holds its lock
+        fixed_timeout = "_request_timeout" in kw
+        dl = self.current_deadline()
+        last, tries, used = "", 0, 0.0  # used: seconds of the retry budget spent (waits + retried requests)
+        gave_up = ""
         while True:
             tries += 1
+            left = dl.remaining() if dl is not None else None
+            if left is not None and left <= 0:
+                raise dl.expired(what, last)  # type: ignore[union-attr]
+            if not fixed_timeout:
+                kw["_request_timeout"] = self._timeout(left)
+            started = time.monotonic()
             try:
                 out = fn(*args, **kw)
                 return out if isinstance(out, dict) or out is None else self.api.sanitize_for_serialization(out)
@@ -145,23 +252,44 @@ class Kube:
                 if code not in RETRYABLE:
                     raise BackendError(f"cannot {what} {where}: {code} {msg}", "fix the object or the plan, then retry") from None
                 last = f"{code} {msg}"
-                retry_after = (exc.headers or {}).get("Retry-After") if exc.headers else None
+                retry_after = retry_after_seconds((exc.headers or {}).get("Retry-After") if exc.headers else None)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                last, retry_after = f"{type(exc).__name__}: {exc}", None
-            delay = self.retry.base * 2 ** (tries - 1)
-            if retry_after and str(retry_after).isdigit():
-                delay = max(delay, float(retry_after))  # the server's word, within our budget
-            delay = min(delay, self.retry.max_total - slept)
+                if dl is not None and dl.remaining() <= 0:
+                    raise dl.expired(what, _transport_error(exc)) from None
+                last, retry_after = _transport_error(exc), None
+            if tries > 1:
+                used += time.monotonic() - started  # the first attempt is the call, not a retry
+            delay = min(self.retry.base * 2 ** (tries - 1), self.retry.max_delay)
+            left_budget = self.retry.max_total - used
+            if retry_after is not None:
+                if retry_after > left_budget:
+                    gave_up = f"; the server asked to wait {retry_after:g}s more, beyond the {max(left_budget, 0):.1f}s left of the budget"
+                    break
+                delay = max(retry_after, 0.05)  # the server's word (as client-go takes it), within our budget
+            delay = min(delay, left_budget)
             if tries >= self.retry.tries or delay <= 0:
                 break
+            if dl is not None and delay >= dl.remaining():  # waiting would outlast the step
+                raise dl.expired(what, last)
             self.retry.sleep(delay)
-            slept += delay
-        raise BackendError(f"cannot {what} {where}: the API server kept failing ({tries} tries in {slept:.1f}s; last: {last})",
-                           "check the cluster's health, then run the command again (it resumes where it stopped)")
+            used += delay
+        raise BackendError(f"cannot {what} {where}: the API server kept failing ({tries} tries in {used:.1f}s, "
+                           f"retry budget {self.retry.max_total:g}s{gave_up}; last: {last})",
+                           "check the cluster's health (a busy cluster: raise target.retry_budget), "
+                           "then run the command again (it resumes where it stopped)")
+
+
+def _transport_error(exc: BaseException) -> str:
+    """A timeout or connection failure, said plainly (urllib3 wraps it in MaxRetryError)."""
+    reason = getattr(exc, "reason", None)
+    inner = reason if isinstance(reason, BaseException) else exc
+    if isinstance(inner, (urllib3.exceptions.TimeoutError, TimeoutError)):
+        return f"no answer within the request timeout ({type(inner).__name__})"
+    return f"{type(inner).__name__}: {inner}"
 
 
 def connect(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
-            retry: RetryPolicy | None = None) -> Kube:
+            retry: RetryPolicy | None = None, request_timeout: float | None = None) -> Kube:
     """A client from an explicit kubeconfig, $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
 
     The namespace is the explicit one, else the context's, else `default`.
@@ -194,4 +322,5 @@ def connect(kubeconfig: str | None = None, context: str | None = None, namespace
         raise BackendError(f"cannot use the kubeconfig {path}: {exc}", "check its contexts (`kubectl config get-contexts`)") from None
     # status retries are ours (bounded); urllib3 keeps only connect retries
     cfg.retries = urllib3.Retry(total=3, connect=3, read=0, status=0, redirect=0, respect_retry_after_header=False)
-    return Kube(k8s.ApiClient(cfg), namespace or ctx_ns or "default", retry or RetryPolicy(), where)
+    return Kube(k8s.ApiClient(cfg), namespace or ctx_ns or "default", retry or RetryPolicy(), where,
+                request_timeout=request_timeout or DEFAULT_REQUEST_TIMEOUT)

@@ -14,6 +14,24 @@ command acts, renewed in a background thread every leaseDurationSeconds/3, so
 a killed command's lock expires by itself after leaseDurationSeconds. The
 expiry check compares the Lease's renewTime with our clock, so large clock
 skew between machines shortens or lengthens it.
+
+Fencing (a command that lost its lock stops before its next write):
+  * locally, before every write to the cluster (`Kube.before_write`) and every
+    save: the lock counts as held only while its last successful renewal was
+    sent less than FENCE_FRACTION × leaseDurationSeconds ago and nobody took it
+    over. Past that, one renewal is tried there and then (a compare-and-swap on
+    the Lease: it lands only if nobody took the lock); if it fails too, the
+    command stops — so renewals failing (5xx, 409, timeouts) stop it at 80 % of
+    the lease, before another command may take over an expired lease, while a
+    process that was merely too busy to renew in time goes on;
+  * on the cluster, before every state save: the Lease is read again and must
+    still name this command, and the state ConfigMap is written (with
+    compare-and-swap on its resourceVersion) annotated with the holder and the
+    Lease's transition count, so a takeover is visible in the state itself.
+Kubernetes has no compare-and-swap across two objects, so a residual window
+remains: a takeover landing between the Lease read and the ConfigMap write (one
+request), or a write already in flight when the lease runs out. A takeover can
+only follow an expiry or a `--force`; the 20 % margin covers the first.
 """
 
 from __future__ import annotations
@@ -29,12 +47,20 @@ from typing import Any
 
 from rollout.backends.kubernetes.client import CONFIGMAPS, LEASES, Conflict, Kube
 from rollout.engine.state import State, actor, from_dict, to_dict
-from rollout.errors import LockHeld, StateError
+from rollout.errors import LockHeld, RolloutError, StateError
 
 DATA_KEY = "state.json"
 WRITER_ANNOTATION = "rollout.dev/written-by"
 COMMAND_ANNOTATION = "rollout.dev/command"
+LEASE_ANNOTATION = "rollout.dev/lease-holder"  # on the state ConfigMap: the lock holder that wrote it
 MAX_CAS_TRIES = 5
+DEFAULT_LEASE_SECONDS = 15
+FENCE_FRACTION = 0.8  # the lock counts as held for this share of the lease after its last renewal
+RELEASE_SECONDS = 5.0  # releasing is best effort: an unreleased Lease expires by itself
+
+
+class LockLost(StateError):
+    """This command no longer holds the rollout's Lease: it must not change anything more."""
 
 
 def object_name(plan: str) -> str:
@@ -56,7 +82,7 @@ def parse_time(value: str | None) -> float | None:
 
 
 class ConfigMapStore:
-    def __init__(self, kube: Kube, plan: str, lease_seconds: int = 15) -> None:
+    def __init__(self, kube: Kube, plan: str, lease_seconds: int = DEFAULT_LEASE_SECONDS) -> None:
         self.kube = kube
         self.plan = plan
         self.name = object_name(plan)
@@ -93,17 +119,19 @@ class ConfigMapStore:
     # -- writing ---------------------------------------------------------------
 
     def _body(self, text: str, rv: str | None) -> dict[str, Any]:
+        annotations = {WRITER_ANNOTATION: self.writer}
+        if self._lease is not None:
+            annotations[LEASE_ANNOTATION] = self._lease.token()
         meta: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "rollout", "rollout.dev/plan": self.plan},
-                                "annotations": {WRITER_ANNOTATION: self.writer}}
+                                "annotations": annotations}
         if rv is not None:
             meta["resourceVersion"] = rv
         return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {DATA_KEY: text}}
 
     def save(self, state: State) -> None:
-        lost = self._lease.lost if self._lease is not None else None
-        if lost and lost.startswith("taken over"):
-            raise StateError(f"this command lost its lock on the rollout ({lost}); its state was not saved",
-                             "run `rollout status` to see what the other command did")
+        if self._lease is not None:  # fencing: still ours, fresh, and the Lease says so now
+            self._lease.check()
+            self._lease.verify()
         text = json.dumps(to_dict(state), indent=1, sort_keys=True)
         for _ in range(MAX_CAS_TRIES):
             try:
@@ -139,10 +167,15 @@ class ConfigMapStore:
 
     @contextmanager
     def lock(self, command: str, force: bool = False) -> Iterator[None]:
+        """Hold the Lease while the block runs; every write to the cluster meanwhile is fenced by it."""
         self._lease = LeaseLock(self.kube, self.name, command, self.lease_seconds)
         try:
             with self._lease.hold(force):
-                yield
+                self.kube.before_write = self._lease.check
+                try:
+                    yield
+                finally:
+                    self.kube.before_write = None
         finally:
             self._lease = None
 
@@ -156,10 +189,64 @@ class LeaseLock:
         self.command = command
         self.duration = duration
         self.identity = identity or f"{actor()} pid {os.getpid()}"
-        self.lost: str | None = None  # why renewal stopped, if it did
+        self.lost: str | None = None  # why the lock is not (or may not be) ours: "taken over ..." or "renewal failed ..."
         self._rv: str | None = None
+        self._transitions = 0
+        self._held_at: float | None = None  # monotonic time the last successful acquire/renewal was sent
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    # -- fencing -----------------------------------------------------------------
+
+    def where(self) -> str:
+        return f"Lease {self.kube.namespace}/{self.name}"
+
+    def token(self) -> str:
+        """Who holds the lock, and which holding it is (leaseTransitions grows at every takeover)."""
+        return f"{self.identity} (transition {self._transitions})"
+
+    def _lost_error(self, why: str) -> LockLost:
+        return LockLost(f"this command lost its lock on the rollout ({self.where()}): {why}; "
+                        "it stopped before its next change",
+                        "`rollout status` shows what may be half done; once the cluster is healthy run the command again "
+                        "(it resumes from the recorded state), or `rollout revert` to put all traffic on stable")
+
+    def check(self) -> None:
+        """Raise LockLost unless the lock is still ours and fresh. No API call while the background
+        renewals keep it fresh (cheap enough before every write); when they did not land in time
+        (failing, or this process too busy to send them), one renewal now decides: it is a
+        compare-and-swap on the Lease, so it succeeds only if nobody took the lock meanwhile."""
+        if self.lost and self.lost.startswith("taken over"):
+            raise self._lost_error(self.lost)
+        if self._held_at is None:
+            raise self._lost_error("it was never acquired")
+        age = time.monotonic() - self._held_at
+        if age <= FENCE_FRACTION * self.duration:
+            return
+        why = self.lost
+        try:
+            with self.kube.deadline("renewing the lock", max(1.0, self.duration / 3.0)):
+                self.renew()
+        except Exception as exc:  # noqa: BLE001  (any failure to renew means: not ours for sure)
+            why = f"renewal failed: {getattr(exc, 'what', exc)}"
+        else:
+            if self.lost is None and self._held_at is not None and time.monotonic() - self._held_at <= FENCE_FRACTION * self.duration:
+                return  # renewed just now: nobody took it, it is ours again
+            why = self.lost or why
+        if self.lost and self.lost.startswith("taken over"):
+            raise self._lost_error(self.lost)
+        raise self._lost_error(f"its last renewal was {age:.1f}s ago, past {FENCE_FRACTION:.0%} of the "
+                               f"{self.duration}s lease, so another command may take it over"
+                               + (f"; {why}" if why else ""))
+
+    def verify(self) -> None:
+        """Read the Lease: it must still name this command (a takeover by `--force` or after an expiry)."""
+        lease = self._get()
+        spec = (lease or {}).get("spec") or {}
+        if lease is None or spec.get("holderIdentity") != self.identity:
+            self.lost = f"taken over by {spec.get('holderIdentity') or 'nobody (released or deleted)'}"
+            self._stop.set()
+            raise self._lost_error(self.lost)
 
     def _get(self) -> dict[str, Any] | None:
         return self.kube.call("get", LEASES, self.name, self.kube.coord.read_namespaced_lease,
@@ -193,11 +280,13 @@ class LeaseLock:
 
     def acquire(self, force: bool = False) -> None:
         lease = self._get()
+        sent = time.monotonic()
         if lease is None:
             try:
                 made = self.kube.call("create", LEASES, self.name, self.kube.coord.create_namespaced_lease,
                                       self.kube.namespace, self._body(self.identity, None, None, 0))
                 self._rv = made["metadata"]["resourceVersion"]
+                self._held_at, self._transitions, self.lost = sent, 0, None
                 return
             except Conflict:
                 lease = self._get()
@@ -211,50 +300,67 @@ class LeaseLock:
         if holder and holder != self.identity and not expired and not force:
             raise self._held_error(lease)
         transitions = int(spec.get("leaseTransitions") or 0) + (1 if holder != self.identity else 0)
+        sent = time.monotonic()
         try:
             got = self._replace(self._body(self.identity, lease["metadata"]["resourceVersion"], None, transitions))
         except Conflict:  # someone else took it between our read and our write
             now = self._get()
             raise self._held_error(now or lease) from None
         self._rv = got["metadata"]["resourceVersion"]
+        self._held_at, self._transitions, self.lost = sent, transitions, None
 
     def renew(self) -> None:
-        """One renewal; on a conflict, re-read: still ours → retry once, else the lock was taken over."""
+        """One renewal; on a conflict, re-read: still ours → retry once, else the lock was taken over.
+        Only a renewal that landed makes the lock fresh again (`check`)."""
         for _ in range(2):
             lease = self._get()
             spec = (lease or {}).get("spec") or {}
             if lease is None or spec.get("holderIdentity") != self.identity:
-                self.lost = f"taken over by {spec.get('holderIdentity') or 'nobody (deleted)'}"
+                self.lost = f"taken over by {spec.get('holderIdentity') or 'nobody (released or deleted)'}"
                 self._stop.set()
                 return
+            sent = time.monotonic()
             try:
                 got = self._replace(self._body(self.identity, lease["metadata"]["resourceVersion"], spec.get("acquireTime"),
                                                int(spec.get("leaseTransitions") or 0)))
                 self._rv = got["metadata"]["resourceVersion"]
+                self._held_at, self.lost = sent, None
                 return
             except Conflict:
                 continue
+        self.lost = "renewal failed: the Lease kept changing (409 Conflict)"
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.duration / 3.0):
+        """Renew every duration/3; after a failure, try again soon (each try bounded, so a hung
+        request cannot outlive the lease) until the lease is renewed or taken over."""
+        interval = self.duration / 3.0
+        retry = max(0.2, self.duration / 10.0)
+        wait = interval
+        while not self._stop.wait(wait):
             try:
-                self.renew()
+                with self.kube.deadline("renewing the lock", interval):
+                    self.renew()
             except Exception as exc:  # keep trying until the lease expires; the next renewal may work
-                self.lost = f"renewal failed: {exc}"
+                self.lost = f"renewal failed: {getattr(exc, 'what', exc)}"
+            wait = retry if self.lost else interval
 
     def release(self) -> None:
+        """Best effort and bounded: a Lease left behind expires by itself after its duration."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10.0)
-        lease = self._get()
-        spec = (lease or {}).get("spec") or {}
-        if lease is None or spec.get("holderIdentity") != self.identity:
-            return  # taken over: not ours to release
         try:
-            self._replace(self._body(None, lease["metadata"]["resourceVersion"], spec.get("acquireTime"),
-                                     int(spec.get("leaseTransitions") or 0)))
+            with self.kube.deadline("releasing the lock", RELEASE_SECONDS):
+                lease = self._get()
+                spec = (lease or {}).get("spec") or {}
+                if lease is None or spec.get("holderIdentity") != self.identity:
+                    return  # taken over: not ours to release
+                self._replace(self._body(None, lease["metadata"]["resourceVersion"], spec.get("acquireTime"),
+                                         int(spec.get("leaseTransitions") or 0)))
         except Conflict:
             pass  # changed meanwhile: whoever changed it owns it now
+        except RolloutError:
+            pass  # the cluster is failing: the lease expires `duration` after the last renewal
 
     @contextmanager
     def hold(self, force: bool = False) -> Iterator[None]:

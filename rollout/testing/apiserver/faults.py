@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
@@ -74,6 +74,9 @@ class FaultRule:
     that budget is per object (namespace/name) instead of global.
     `action`: "error" (respond with `status`), "delay" (sleep `delay` s then
     serve normally), "drop" (close the connection without a response).
+    `when` (in-process only): a predicate asked after the other criteria; the
+    rule fires only while it returns True — e.g. "once the stable Deployment
+    runs the new image", to fail a precise step without counting requests.
     """
 
     status: int = 500
@@ -89,6 +92,7 @@ class FaultRule:
     action: str = "error"
     delay: float = 0.0
     as_status: bool = False
+    when: Callable[[], bool] | None = field(default=None, repr=False)
     hits: int = 0
     _per_obj: dict = field(default_factory=dict, repr=False)
 
@@ -116,6 +120,8 @@ class FaultRule:
     def take(self, info: RequestInfo) -> bool:
         """Consume one unit of budget if this rule fires for `info`."""
         if not self.matches(info):
+            return False
+        if self.when is not None and not self.when():
             return False
         if self.per_object:
             key = (info.qualified_resource.split("/")[0], info.namespace, info.name)

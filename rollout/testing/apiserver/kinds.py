@@ -132,7 +132,40 @@ def default_event(obj: dict, _ctx: Any) -> None:
     obj.setdefault("reportingInstance", "")
 
 
+def default_job(obj: dict, _ctx: Any) -> None:
+    """What the Job strategy and defaults add: counts, the selector the controller owns, pod defaults
+    (but not restartPolicy, which a Job must state: OnFailure or Never)."""
+    spec = _d(obj, "spec")
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("completions", 1)
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    spec.setdefault("manualSelector", False)
+    uid = (obj.get("metadata") or {}).get("uid") or ""
+    name = (obj.get("metadata") or {}).get("name") or ""
+    tmpl = _d(spec, "template")
+    labels = _d(tmpl, "metadata", "labels")
+    if uid and not spec.get("selector"):
+        labels.setdefault("batch.kubernetes.io/controller-uid", uid)
+        labels.setdefault("batch.kubernetes.io/job-name", name)
+        labels.setdefault("controller-uid", uid)
+        labels.setdefault("job-name", name)
+        spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    pod = _d(tmpl, "spec")
+    had_policy = "restartPolicy" in pod
+    default_pod_spec(pod)
+    if not had_policy:
+        pod.pop("restartPolicy", None)
+
+
+def default_secret(obj: dict, _ctx: Any) -> None:
+    obj.setdefault("type", "Opaque")
+
+
 DEFAULTERS: dict[tuple[str, str], Callable[[dict, Any], None]] = {
+    ("batch", "Job"): default_job,
+    ("", "Secret"): default_secret,
     ("apps", "Deployment"): default_deployment,
     ("", "Service"): default_service,
     ("", "Namespace"): default_namespace,
@@ -273,7 +306,75 @@ def validate_ingress(obj: dict, old: dict | None) -> list[FieldError]:
     return errs
 
 
+def validate_job(obj: dict, old: dict | None) -> list[FieldError]:
+    errs: list[FieldError] = []
+    spec = obj.get("spec") or {}
+    pod = ((spec.get("template") or {}).get("spec")) or {}
+    policy = pod.get("restartPolicy")
+    if policy is None:
+        errs.append(FieldError("Required", "spec.template.spec.restartPolicy", detail='valid values: "OnFailure", "Never"'))
+    elif policy not in ("OnFailure", "Never"):
+        errs.append(FieldError("NotSupported", "spec.template.spec.restartPolicy", policy, 'supported values: "OnFailure", "Never"'))
+    containers = pod.get("containers") or []
+    if not containers:
+        errs.append(FieldError("Required", "spec.template.spec.containers"))
+    for i, c in enumerate(containers):
+        if not (c or {}).get("name"):
+            errs.append(FieldError("Required", f"spec.template.spec.containers[{i}].name"))
+        if not (c or {}).get("image"):
+            errs.append(FieldError("Required", f"spec.template.spec.containers[{i}].image"))
+    for key in ("backoffLimit", "parallelism", "completions", "activeDeadlineSeconds"):
+        v = spec.get(key)
+        if isinstance(v, int) and v < (1 if key == "activeDeadlineSeconds" else 0):
+            errs.append(FieldError("Invalid", f"spec.{key}", v, "must be greater than or equal to "
+                                   + ("1" if key == "activeDeadlineSeconds" else "0")))
+    if old is not None:
+        if spec.get("template") != (old.get("spec") or {}).get("template"):
+            errs.append(FieldError("Invalid", "spec.template", spec.get("template"), "field is immutable"))
+        if spec.get("selector") != (old.get("spec") or {}).get("selector"):
+            errs.append(FieldError("Invalid", "spec.selector", spec.get("selector"), "field is immutable"))
+    return errs
+
+
+def validate_role(obj: dict, old: dict | None) -> list[FieldError]:
+    errs: list[FieldError] = []
+    for i, rule in enumerate(obj.get("rules") or []):
+        if not (rule or {}).get("verbs"):
+            errs.append(FieldError("Required", f"rules[{i}].verbs", detail="verbs must contain at least one value"))
+        if not (rule or {}).get("nonResourceURLs") and not (rule or {}).get("resources"):
+            errs.append(FieldError("Required", f"rules[{i}].resources", detail="resource rules must supply at least one resource"))
+        if (rule or {}).get("resources") and "apiGroups" not in (rule or {}):
+            errs.append(FieldError("Required", f"rules[{i}].apiGroups",
+                                   detail="resource rules must supply at least one api group"))
+    return errs
+
+
+def validate_role_binding(obj: dict, old: dict | None) -> list[FieldError]:
+    errs: list[FieldError] = []
+    ref = obj.get("roleRef") or {}
+    if not ref.get("name"):
+        errs.append(FieldError("Required", "roleRef.name"))
+    if ref.get("kind") not in ("Role", "ClusterRole"):
+        errs.append(FieldError("NotSupported", "roleRef.kind", ref.get("kind"), 'supported values: "Role", "ClusterRole"'))
+    if ref.get("apiGroup") != "rbac.authorization.k8s.io":
+        errs.append(FieldError("NotSupported", "roleRef.apiGroup", ref.get("apiGroup"), 'supported values: "rbac.authorization.k8s.io"'))
+    for i, sub in enumerate(obj.get("subjects") or []):
+        kind = (sub or {}).get("kind")
+        if kind not in ("ServiceAccount", "User", "Group"):
+            errs.append(FieldError("NotSupported", f"subjects[{i}].kind", kind, 'supported values: "Group", "ServiceAccount", "User"'))
+        if not (sub or {}).get("name"):
+            errs.append(FieldError("Required", f"subjects[{i}].name"))
+    if old is not None and ref != (old.get("roleRef") or {}):
+        errs.append(FieldError("Invalid", "roleRef", ref, "cannot change roleRef"))
+    return errs
+
+
 VALIDATORS: dict[tuple[str, str], Callable[[dict, dict | None], list[FieldError]]] = {
+    ("batch", "Job"): validate_job,
+    ("rbac.authorization.k8s.io", "Role"): validate_role,
+    ("rbac.authorization.k8s.io", "ClusterRole"): validate_role,
+    ("rbac.authorization.k8s.io", "RoleBinding"): validate_role_binding,
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): validate_role_binding,
     ("apps", "Deployment"): validate_deployment,
     ("", "Service"): validate_service,
     ("", "ConfigMap"): validate_configmap,

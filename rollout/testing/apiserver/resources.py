@@ -94,6 +94,18 @@ BUILTIN_TYPES: list[ResourceType] = [
                  short_names=("ing",), generation=True, status_subresource=True),
     ResourceType("events.k8s.io", "v1", "events", "Event", singular="event", short_names=("ev",),
                  allow_create_on_update=True, field_labels=_EVENT_FIELDS, storage="events"),
+    # every other kind manifests/ holds, so `kubectl apply -f manifests/` works against the fake (#13):
+    # stored, listed, watched and discovered like the rest, with the defaults and checks in kinds.py
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", singular="serviceaccount", short_names=("sa",)),
+    ResourceType("", "v1", "secrets", "Secret", singular="secret"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role", singular="role"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", singular="rolebinding"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", singular="clusterrole",
+                 namespaced=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding",
+                 singular="clusterrolebinding", namespaced=False),
+    ResourceType("batch", "v1", "jobs", "Job", singular="job", generation=True, status_subresource=True,
+                 categories=("all",)),
     ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", singular="httproute",
                  extra_versions=("v1beta1",), custom=True, generation=True, status_subresource=True,
                  categories=("gateway-api",)),

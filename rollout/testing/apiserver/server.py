@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import errors as E
 from .controller import DeploymentController, DeploymentFault
@@ -278,17 +278,18 @@ class FakeApiServer:
                      name: str | None = None, user: str | None = None, times: int | None = None,
                      per_object: bool = False, message: str | None = None,
                      retry_after: int | None = None, action: str = "error", delay: float = 0.0,
-                     as_status: bool = False) -> FaultRule:
+                     as_status: bool = False, when: Callable[[], bool] | None = None) -> FaultRule:
         """Make matching requests fail. Returns the rule (see `rule.hits`).
 
-        e.g. inject_fault(503, verb="patch", resource="deployments", times=2)
+        e.g. inject_fault(503, verb="patch", resource="deployments", times=2);
+        `when` (a predicate, in-process only) arms the rule only while it is true.
         """
         if action not in ("error", "delay", "drop"):
             raise ValueError("action must be 'error', 'delay' or 'drop'")
         return self.faults.add(FaultRule(
             status=status, verb=_as_set(verb), resource=resource, namespace=namespace, name=name,
             user=user, times=times, per_object=per_object, message=message, retry_after=retry_after,
-            action=action, delay=delay, as_status=as_status))
+            action=action, delay=delay, as_status=as_status, when=when))
 
     def conflict_on_first_write(self, resource: str | None = None, *,
                                 verbs: Iterable[str] = ("update", "patch"), times: int = 1,

@@ -1,0 +1,54 @@
+"""Every rollout recorded in a namespace (or all of them): the state ConfigMaps, found by their labels.
+
+`ConfigMapStore` labels each state ConfigMap `app.kubernetes.io/managed-by=rollout`
+and `rollout.dev/plan=<plan>`; the Locust objects of the in-cluster load runner
+carry the first label but not the second, so the selector needs both. No plan
+file is needed: the state carries what `rollout list` shows (`plan_info`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rollout.backends.kubernetes.client import CONFIGMAPS, Kube
+from rollout.backends.kubernetes.store import DATA_KEY
+from rollout.engine.state import State, from_dict
+
+SELECTOR = "app.kubernetes.io/managed-by=rollout,rollout.dev/plan"
+
+
+@dataclass(frozen=True)
+class Found:
+    namespace: str
+    name: str  # the ConfigMap's
+    plan: str  # its rollout.dev/plan label
+    state: State | None
+    problem: str = ""  # why the state could not be read
+
+    @property
+    def location(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name}"
+
+
+def _parse(cm: dict[str, Any]) -> Found:
+    meta = cm.get("metadata") or {}
+    ns, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    plan = str((meta.get("labels") or {}).get("rollout.dev/plan") or name)
+    text = (cm.get("data") or {}).get(DATA_KEY)
+    if text is None:
+        return Found(ns, name, plan, None, f"no {DATA_KEY} in it")
+    try:
+        return Found(ns, name, plan, from_dict(json.loads(text)))
+    except (ValueError, KeyError, TypeError) as exc:
+        return Found(ns, name, plan, None, f"unreadable state ({type(exc).__name__}: {exc})")
+
+
+def list_states(kube: Kube, all_namespaces: bool = False) -> list[Found]:
+    """The rollout states in kube's namespace, or in every namespace the credentials may list."""
+    if all_namespaces:
+        got = kube.call("list", CONFIGMAPS, None, kube.core.list_config_map_for_all_namespaces, label_selector=SELECTOR)
+    else:
+        got = kube.call("list", CONFIGMAPS, None, kube.core.list_namespaced_config_map, kube.namespace, label_selector=SELECTOR)
+    return [_parse(cm) for cm in (got or {}).get("items") or []]
