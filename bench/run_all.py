@@ -10,7 +10,9 @@ HERE = Path(__file__).resolve().parent
 RUNS = [
     ["bench_router.py"],
     ["bench_load.py", "--rounds", "3", "--seconds", "10"],
+    ["bench_locust_native.py", "--rounds", "3", "--seconds", "12"],
     ["bench_rollback.py", "--rounds", "5"],
+    ["bench_canary_death.py", "--rounds", "10", "--baseline-rounds", "4"],
     ["bench_k8s.py", "--rounds", "20"],
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],

@@ -79,6 +79,8 @@ JunitOpt = Annotated[Optional[str], typer.Option("--junit", help="write a JUnit 
 JsonOpt = Annotated[Optional[str], typer.Option("--json", help="write the full JSON report (re-render it with `rollout report`)", metavar="FILE")]
 MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)", metavar="FILE")]
 HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
+TagsOpt = Annotated[Optional[list[str]], typer.Option("--tags", help="run only tasks with this @tag (repeatable; overrides load.tags), as `locust --tags`", metavar="TAG")]
+ExcludeTagsOpt = Annotated[Optional[list[str]], typer.Option("--exclude-tags", help="skip tasks with this @tag (repeatable; overrides load.exclude_tags)", metavar="TAG")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, max=MAX_WORKERS, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
@@ -183,6 +185,19 @@ def validate(plan: PlanArg, output: OutputOpt = Output.text) -> int:
             print(json.dumps({"valid": False, "file": exc.file, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
             return EXIT_BAD_INPUT
         raise
+    if loaded.plan.load.runner == "local":  # the locustfile, imported in a subprocess with a timeout (rollout.load.check)
+        from rollout.errors import PlanIssue
+        from rollout.load.check import problems
+        from rollout.plan.loader import _line_for, parse_yaml, path_str
+
+        found = problems(loaded)
+        if found:
+            _data, lines = parse_yaml(loaded.path.read_text(encoding="utf-8"), plan)
+            exc = PlanInvalid(plan, [PlanIssue(plan, _line_for(loc, lines), path_str(loc), what, expected) for loc, what, expected in found])
+            if output is Output.json:
+                print(json.dumps({"valid": False, "file": plan, "errors": [i.as_dict() for i in exc.issues]}, indent=2))
+                return EXIT_BAD_INPUT
+            raise exc
     if output is Output.json:
         print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan),
                           "warnings": [w.as_dict() for w in loaded.warnings]}, indent=2))
@@ -226,7 +241,8 @@ def _exporter(plan_name: str, metrics: str | None) -> Any:
 
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
-           workers: int | None = None, quiet: bool = False, metrics: str | None = None) -> int:
+           workers: int | None = None, quiet: bool = False, metrics: str | None = None,
+           tags: list[str] | None = None, exclude_tags: list[str] | None = None) -> int:
     from rollout.inputs import DriveRequest
 
     request = DriveRequest(verb, version, image)
@@ -245,8 +261,10 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             "served a request, so it cannot judge a canary against stable",
             f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
         )
+    _check_locustfile(loaded, tags, exclude_tags)  # bad locustfile, shape, tag or option: exit 2 before any traffic moves
     with store.lock(verb, force=force):
         engine = make_engine()
+        engine.tags, engine.exclude_tags = tags, exclude_tags
         import time
 
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
@@ -264,15 +282,36 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             engine.out = MetricsReporter(engine.out, exporter, engine)
             exporter.rollout(engine.state)
         started = time.time()
+        quit_code = 3
         try:
             outcome = engine.drive(request.version, from_cli=request.from_cli, one_stage=one_stage)
+            quit_code = int(outcome.exit_code)
             rollout_reports(verb, loaded, engine, capture, outcome, started, reports or ReportPaths())
             return _finish(outcome)
         finally:
+            from rollout.load.session import close_all
+
+            close_all(quit_code)  # `quitting` and `quit(exit_code)` once per process, as `locust` fires them
             engine.finish_alerts()
             if exporter is not None:
                 exporter.rollout(engine.state)
                 exporter.close()
+
+
+def _check_locustfile(loaded: Any, tags: list[str] | None, exclude_tags: list[str] | None) -> None:
+    """Import the plan's locustfile (once per process) and check every stage's shape, the tags and options."""
+    from rollout.load.runner import LoadSpec
+    from rollout.load.session import check
+
+    plan = loaded.plan
+    load = plan.load
+    for i in range(len(plan.stages)):
+        t = tags if tags is not None else load.tags
+        x = exclude_tags if exclude_tags is not None else load.exclude_tags
+        check(LoadSpec(locustfile=loaded.resolve(load.locustfile), host="http://127.0.0.1", users=plan.stage_users(i),
+                       spawn_rate=plan.stage_spawn_rate(i), duration=plan.stages[i].duration, shape=plan.stage_shape(i),
+                       tags=tuple(t) if t is not None else None, exclude_tags=tuple(x) if x is not None else None,
+                       options=tuple(load.options.items())))
 
 
 @app.command()
@@ -280,7 +319,7 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
         context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-        workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None,
+        workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None, tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
@@ -288,13 +327,15 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
 
     conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port,
+                  tags=tags, exclude_tags=exclude_tags)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
-                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, quiet=quiet, metrics=metrics_port)
+                      reports=ReportPaths(json_out, junit, markdown, html), workers=workers, quiet=quiet, metrics=metrics_port,
+                  tags=tags, exclude_tags=exclude_tags)
     return code
 
 
@@ -334,12 +375,14 @@ def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = 
             context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
-            workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None) -> int:
+            workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None, tags: TagsOpt = None,
+            exclude_tags: ExcludeTagsOpt = None) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
-                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port)
+                  reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port,
+                  tags=tags, exclude_tags=exclude_tags)
 
 
 @app.command()
@@ -355,6 +398,9 @@ def gate(
     workers: Annotated[Optional[int], typer.Option("--workers", help="Locust worker processes (0: load in this process; default: load.workers)")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="a JSON report (--json) of an earlier release to compare with", metavar="REPORT.json")] = None,
     baseline_exprs: Annotated[Optional[list[str]], typer.Option("--baseline-gate", help="vs --baseline: 'p95<+10%', 'errors<+0.5pt' (repeatable)", metavar="EXPR")] = None,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="the locustfile's LoadTestShape class that drives the users "
+                                                 "(default: load.shape; without a plan the locustfile's own shape, as `locust`; none: --users)", metavar="CLASS")] = None,
+    tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
     junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
     version_header: Annotated[Optional[str], typer.Option("--version-header", help="the response header naming the version that "
@@ -369,7 +415,7 @@ def gate(
 
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
                    ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [],
-                   version_header=version_header)
+                   version_header=version_header, shape=shape, tags=tags, exclude_tags=exclude_tags)
 
 
 @app.command()
@@ -588,8 +634,35 @@ def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None,
 def down(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False) -> int:
-    """Stop every process the local backend started for this plan (rolls back a rollout in progress)."""
+    """Stop every process the local backend started for this plan (rolls back a rollout in progress).
+    With --force and an unreadable state: stop the plan's processes found by their marker, move the state aside."""
+    if force and _down_without_state(plan, state_dir):
+        return EXIT_OK
     return _simple(plan, state_dir, "down", lambda e: e.down(), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force)
+
+
+def _down_without_state(plan: str, state_dir: str | None) -> bool:
+    """`down --force` when the local state cannot be read: every process carrying this plan's marker
+    (a /proc scan, see backends/local/processes.py) is stopped and the state file moved aside. False
+    when the state is readable (or the backend is not local): the normal `down` applies."""
+    from rollout.backends import factory
+    from rollout.errors import StateError
+
+    loaded = _load(plan)
+    if loaded.plan.target.backend != "local":
+        return False
+    backend, store = factory.make(loaded, state_dir)
+    try:
+        store.load()
+        return False
+    except StateError as exc:
+        print(f"• the state is unusable ({exc.what}); stopping the plan's processes by their marker", file=sys.stderr)
+    with store.lock("down", force=True):
+        stopped = backend.down_by_marker()
+        aside = store.move_aside()
+    print(f"• down: stopped {len(stopped)} process(es) of `{loaded.plan.name}` found by their marker"
+          + (f" ({', '.join(map(str, stopped))})" if stopped else "") + (f"; the unusable state was moved to {aside}" if aside else ""))
+    return True
 
 
 @app.command()

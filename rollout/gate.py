@@ -139,6 +139,10 @@ class GateSetup:
     baseline: Any = None  # rollout.gates.baseline.Baseline (--baseline)
     baseline_gates: list[str] = field(default_factory=list)  # names in `gates` judged against the baseline
     cluster: Any = None  # load.cluster when load.runner is kubernetes (rollout.load.cluster)
+    shape: str | None = None  # a LoadTestShape class of the locustfile drives the users (#9)
+    tags: tuple[str, ...] | None = None
+    exclude_tags: tuple[str, ...] | None = None
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
@@ -157,8 +161,13 @@ def resolve(
     baseline: str | None = None,
     baseline_exprs: list[str] | None = None,
     version_header: str | None = None,
+    shape: str | None = None,
+    tags: list[str] | None = None,
+    exclude_tags: list[str] | None = None,
 ) -> GateSetup:
     loaded = None
+    options: tuple[tuple[str, Any], ...] = ()
+    plan_shape: str | None = None
     gates: dict[str, Gate] = {}
     skipped: dict[str, str] = {}
     baseline_names: list[str] = []
@@ -174,11 +183,12 @@ def resolve(
         lf = Path(locustfile) if locustfile else loaded.resolve(plan.load.locustfile)
         users = users or plan.load.users
         spawn = spawn_rate if spawn_rate is not None else (plan.load.spawn_rate or float(users))
-        if duration is None:
-            pre = next((i for i, s in enumerate(plan.stages) if s.load_to == "canary"), 0)
-            dur = plan.stages[pre].duration
-        else:
-            dur = _duration(duration)
+        pre = next((i for i, s in enumerate(plan.stages) if s.load_to == "canary"), 0)
+        dur = plan.stages[pre].duration if duration is None else _duration(duration)
+        plan_shape = plan.stage_shape(pre)
+        tags = tags if tags is not None else plan.load.tags
+        exclude_tags = exclude_tags if exclude_tags is not None else plan.load.exclude_tags
+        options = tuple(plan.load.options.items())
         for name, g in plan.gates.items():
             if g.compare is not None and baseline and g.metric in ("error_rate", "p50", "p90", "p95", "p99") and g.max_increase is not None:
                 gates[name] = g.model_copy(update={"method": "sequential"})  # the baseline stands in for stable
@@ -220,6 +230,7 @@ def resolve(
     check_url(host)
     if not lf.is_file():
         raise UsageError(f"locustfile {lf} does not exist", "fix --locustfile (or load.locustfile in the plan)")
+    chosen_shape = _shape_for(lf, shape, plan_shape, from_plan=loaded is not None)
     base = None
     if baseline_exprs and not baseline:
         raise UsageError("--baseline-gate needs --baseline REPORT.json", "give the JSON report of the earlier release's `rollout gate --json`")
@@ -255,8 +266,31 @@ def resolve(
     return GateSetup(
         host=host.rstrip("/"), locustfile=lf, users=users, spawn_rate=spawn, duration=dur, gates=gates, skipped=skipped,
         version_header=header, roles=roles, max_requests=max_requests, plan=loaded, workers=n_workers,
-        baseline=base, baseline_gates=baseline_names, cluster=cluster,
+        baseline=base, baseline_gates=baseline_names, cluster=cluster, shape=chosen_shape,
+        tags=tuple(tags) if tags is not None else None, exclude_tags=tuple(exclude_tags) if exclude_tags is not None else None,
+        options=options,
     )
+
+
+def _shape_for(lf: Path, flag: str | None, plan_shape: str | None, from_plan: bool) -> str | None:
+    """Which LoadTestShape drives the users: --shape (`none`: users/spawn rate), else the plan's, else — without a
+    plan, as `locust -f FILE` does — the locustfile's own shape class when it defines one."""
+    if flag is not None:
+        return None if flag == "none" else flag
+    if from_plan:
+        return plan_shape
+    return AUTO_SHAPE  # decided when the locustfile is imported (run_gate): resolving must not import locust
+
+
+AUTO_SHAPE = "<the locustfile's own>"
+
+
+def _auto_shape(setup: GateSetup) -> None:
+    if setup.shape == AUTO_SHAPE:
+        from rollout.load.session import load
+
+        shapes = list(load(setup.locustfile).shapes)
+        setup.shape = shapes[0] if shapes else None
 
 
 def _duration(text: str) -> float:
@@ -282,7 +316,9 @@ class _Progress:
         tl = stats.timeline[-1] if stats.timeline else {}
         rps = sum(v.get("requests", 0) for k, v in tl.items() if k != "t")
         total = stats.role("all")
-        line = (f"  [gate {stats.elapsed:,.0f}s/{fmt_duration(self.duration)}] users {stats.users} | rps {rps:,} | "
+        shape = getattr(stats.endpoints, "shape", None)
+        users = f"users {stats.users}" + (f" (shape {shape})" if shape else "")
+        line = (f"  [gate {stats.elapsed:,.0f}s/{fmt_duration(self.duration)}] {users} | rps {rps:,} | "
                 f"err {fmt_percent(total.error_rate)} | p95 {fmt_ms(total.percentile(95))} | {total.requests:,} requests")
         if failing:
             line += f" | FAIL {failing[0].gate}"
@@ -304,6 +340,10 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
     from rollout.report.json_report import gate_report
 
     if setup.cluster is None:  # in-cluster load: the target may answer only inside the cluster
+        from rollout.load.session import check
+
+        _auto_shape(setup)
+        check(_spec(setup))  # bad locustfile, shape, tag or option: exit 2 before anything runs
         probe(setup.host)
     served_by = version_of(setup.host, setup.version_header) if setup.cluster is None else None
     if served_by and served_by not in setup.roles:
@@ -311,6 +351,7 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
     spec = LoadSpec(
         locustfile=setup.locustfile, host=setup.host, users=setup.users, spawn_rate=setup.spawn_rate,
         duration=setup.duration, version_header=setup.version_header, roles=dict(setup.roles), max_requests=setup.max_requests,
+        shape=setup.shape, tags=setup.tags, exclude_tags=setup.exclude_tags, options=setup.options,
     )
     if setup.baseline is not None:
         from rollout.gates.baseline import BaselineJudge
@@ -361,10 +402,18 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
     return GateResult(code, summary, report)
 
 
+def _spec(setup: GateSetup) -> Any:
+    from rollout.load.runner import LoadSpec
+
+    return LoadSpec(locustfile=setup.locustfile, host=setup.host, users=setup.users, spawn_rate=setup.spawn_rate,
+                    duration=setup.duration, shape=setup.shape, tags=setup.tags, exclude_tags=setup.exclude_tags, options=setup.options)
+
+
 def command(plan: str | None, host: str | None, locustfile: str | None, users: int | None, duration: str | None,
             gate_exprs: list[str], min_requests: int, spawn_rate: float | None, workers: int | None,
             paths: Any, quiet: bool = False, baseline: str | None = None, baseline_exprs: list[str] | None = None,
-            version_header: str | None = None) -> int:
+            version_header: str | None = None, shape: str | None = None, tags: list[str] | None = None,
+            exclude_tags: list[str] | None = None) -> int:
     """The whole `rollout gate`: resolve, probe, load and judge, write the reports; returns the exit code.
 
     Bad input raises UsageError/PlanInvalid (exit 2) before anything runs. An
@@ -376,11 +425,19 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
     from rollout.report.outputs import write_reports
 
     setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers, baseline, baseline_exprs,
-                    version_header)
+                    version_header, shape=shape, tags=tags, exclude_tags=exclude_tags)
     load_runner = _load_runner(setup)
     started = time.time()
+    quit_code = 3
     try:
-        result = run_gate(setup, load_runner, quiet=quiet)
+        try:
+            result = run_gate(setup, load_runner, quiet=quiet)
+            quit_code = result.exit_code
+        finally:  # the process is done with load: `quitting` and `quit(exit_code)` for the locustfile, as `locust` fires them
+            if setup.cluster is None:
+                from rollout.load.session import close_all
+
+                close_all(quit_code)
     except RolloutError as exc:
         if exc.exit_code != EXIT_GATE_FAILED:
             write_reports(error_report("gate", {"host": setup.host, "locustfile": str(setup.locustfile)}, setup.plan,
@@ -392,6 +449,10 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
         print(f"  {mark} {v['gate']}: {v['status']} — {v['message']}")
     for name, why in setup.skipped.items():
         print(f"  - {name}: skipped — {why}")
+    from rollout.report.console import endpoint_lines
+
+    for line in endpoint_lines(result.report["stages"][0].get("stats", {}).get("endpoints")):
+        print(line)
     mark = "✔" if result.exit_code == EXIT_OK else "✘"
     print(f"{mark} gate {result.report['outcome']['result']}: {result.summary}")
     if result.exit_code != EXIT_OK:

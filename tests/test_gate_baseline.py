@@ -53,7 +53,7 @@ def test_the_json_report_carries_histograms_and_counts(baseline: Path) -> None:
 
     doc = json.loads(baseline.read_text())
     jsonschema.validate(doc, json.loads(json_report.SCHEMA_FILE.read_text()))
-    assert doc["schema_version"] == 1  # additive: v1 readers and files stay valid
+    assert doc["schema_version"] == 2  # v2 (#9) added stats.endpoints; v1 files stay readable
     dist = doc["stages"][0]["distributions"]
     assert set(dist) == {"v-fast", "all"}
     h = Histogram.from_dict(dist["all"]["latency"])

@@ -378,3 +378,31 @@ def test_engine_promotes_and_rolls_back_on_the_other_routers(tmp_path: Path, fak
         assert ann["nginx.ingress.kubernetes.io/canary-weight"] == "0" and "nginx.ingress.kubernetes.io/canary-by-header" not in ann
     saved = ConfigMapStore(kube, "answer").load()
     assert saved is not None and saved.phase is Phase.ROLLED_BACK and saved.stable_version == "v2" and saved.transition is None
+
+
+def test_a_canary_deployment_that_loses_its_ready_pods_is_rolled_back_at_once(tmp_path: Path, fake: FakeApiServer, kube: Kube) -> None:
+    """Fail closed (#10): readyReplicas 0 on the canary Deployment fails the stage in the tick, whatever the gates' minimums."""
+    b = make_backend(tmp_path, fake, kube, "gateway-api")
+    ticks: list[bool] = []
+
+    def run(spec: Any, on_tick: Any) -> StageStats:
+        stats = StageStats(elapsed=1.0, users=5)
+        for role in ("stable", "canary"):
+            for _ in range(20):  # far below the gate's min_requests: the gate alone could not judge
+                stats.role(role).add(20.0, failed=False)
+        ticks.append(on_tick(stats))
+        canary = dep(fake, "answer-canary")
+        fake.update_status("deployments", NS, "answer-canary", {**canary["status"], "readyReplicas": 0, "availableReplicas": 0})
+        stats.elapsed = 2.0
+        ticks.append(on_tick(stats))
+        return stats
+
+    store = ConfigMapStore(kube, "answer")
+    with store.lock("run"):
+        engine = StubLoadEngine(b.loaded, b, store, QuietReporter(), "tester", load_runner=run)
+        out = engine.drive("v2", from_cli=True, one_stage=False)
+    assert (out.kind, out.exit_code) == ("rolled-back", EXIT_GATE_FAILED)
+    assert ticks == [False, True]  # judged in the tick the pods were gone
+    assert "canary v2 is down: Deployment shop/answer-canary has 0 of 1 pods ready" in out.message
+    assert [(r["name"], r["weight"]) for r in main_rule(fake)["backendRefs"]] == [("answer-stable", 100)]
+    assert dep(fake, "answer-canary")["spec"]["replicas"] == 0

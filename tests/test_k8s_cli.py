@@ -231,3 +231,29 @@ def test_image_flags_name_the_version_after_their_tag() -> None:
         assert "--version" in err.value.hint
     with pytest.raises(UsageError, match="twice"):
         parse(["app=a:1", "app=b:1"], None)
+
+
+@pytest.mark.parametrize("router", ["gateway-api", "nginx", "replicas"])
+def test_plan_says_which_failures_cannot_be_charged_to_a_version_and_what_to_add(tmp_path: Path, fake: FakeApiServer, router: str,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Fail closed (#10): a failure charged to no version cannot fail the canary; `rollout plan` says where and what fixes it."""
+    kc = fake.write_kubeconfig(namespace=NS)
+    code, out, err = cli(capsys, "plan", str(k8s_plan(tmp_path, router, **({"replicas": 4} if router == "replicas" else {}))),
+                         "--kubeconfig", kc, "-n", NS, "--version", "v2", "-o", "json")
+    assert code == 0, err
+    notes = json.loads(out)["notes"]
+    unattributed = next(n for n in notes if n.startswith("unattributed failures:"))
+    assert "is charged to no version, so it cannot fail the canary" in unattributed and "ten, half (load to the entry point)" in unattributed
+    fix = next(n for n in notes if n.startswith("to charge them:"))
+    assert "`load_to: canary`" in fix and "target.canary_url" in fix
+    assert ("router: gateway-api" in fix) is (router != "gateway-api")
+    assert any("no ready pod fails the stage at once" in n for n in notes)
+    if router == "replicas":
+        return  # no canary-only stage with this router (the plan is refused): the note says to change router
+    # with a pre-flight on the canary's own URL, the plan says those failures are the canary's
+    data = plan_data(tmp_path, kc, router, canary_url="http://answer-canary.shop:8080", **({"replicas": 4} if router == "replicas" else {}))
+    data["stages"].insert(0, {"name": "preflight", "weight": 0, "load_to": "canary", "duration": "5s"})
+    code, out, err = cli(capsys, "plan", str(write_plan(tmp_path, data, "preflight.yaml")), "--kubeconfig", kc, "-n", NS, "--version", "v2")
+    assert code == 0, err
+    assert "stage(s) preflight load target.canary_url alone: there every failure is the canary's" in out
+    assert "to charge them:" not in out

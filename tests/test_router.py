@@ -172,6 +172,8 @@ class RouterProc:
         self.ready = ready
         self.config_path = config_path
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = Path(ready["token_file"]).read_text().strip()
+        self.admin = router_client.AdminEndpoint(self.admin_port, self.token)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=10.0, trust_env=False)
@@ -288,7 +290,7 @@ def test_ready_file_and_health(start_router, services):
     r = start_router(cfg(services["v1"]))
     assert set(r.ready) >= {"pid", "port", "admin_port"}
     assert r.ready["pid"] == r.proc.pid
-    assert router_client.healthz(r.admin_port)["ok"] is True
+    assert router_client.healthz(r.admin)["ok"] is True
     with r.client() as c:
         resp = c.get("/healthz")
     assert resp.status_code == 200 and resp.headers["x-version"] == "v1"
@@ -296,7 +298,7 @@ def test_ready_file_and_health(start_router, services):
 
 def test_weighted_split_is_exact(start_router, services):
     r = start_router(cfg(services["v1"], services["v2"], weight=0.25))
-    before = router_client.get_config(r.admin_port)["requests"]
+    before = router_client.get_config(r.admin)["requests"]
     seen = {"v1": 0, "v2": 0}
     with r.client() as c:
         for i in range(1000):
@@ -306,12 +308,12 @@ def test_weighted_split_is_exact(start_router, services):
             assert resp.json()["version"] == version
             seen[version] += 1
     assert abs(seen["v2"] - 250) <= 1 and seen["v1"] + seen["v2"] == 1000
-    after = router_client.get_config(r.admin_port)["requests"]
+    after = router_client.get_config(r.admin)["requests"]
     assert after["canary"] - before["canary"] == seen["v2"]
     assert after["stable"] - before["stable"] == seen["v1"]
 
     # 10 %: exactly one in every ten, not "about" one in ten
-    router_client.put_config(r.admin_port, cfg(services["v1"], services["v2"], weight=0.1, generation=2))
+    router_client.put_config(r.admin, cfg(services["v1"], services["v2"], weight=0.1, generation=2))
     with r.client() as c:
         versions = [c.get("/api/answer").headers["x-version"] for _ in range(100)]
     for start in range(0, 100, 10):
@@ -327,12 +329,12 @@ def test_cohort_goes_to_canary_and_is_outside_the_split(start_router, services):
             assert c.get("/api/answer", headers={"x-team": "Payments"}).headers["x-version"] == "v1"
             assert c.get("/api/answer", headers={"x-team": "billing"}).headers["x-version"] == "v1"
             assert c.get("/api/answer").headers["x-version"] == "v1"
-    counters = router_client.get_config(r.admin_port)
+    counters = router_client.get_config(r.admin)
     assert counters["cohort_requests"] == 30
     assert counters["requests"] == {"stable": 90, "canary": 30}
 
     # at 50 % the others alternate exactly, however many cohort requests come in between
-    router_client.put_config(r.admin_port, cfg(services["v1"], services["v2"], weight=0.5, cohort=cohort))
+    router_client.put_config(r.admin, cfg(services["v1"], services["v2"], weight=0.5, cohort=cohort))
     with r.client() as c:
         others = []
         for i in range(40):
@@ -342,7 +344,7 @@ def test_cohort_goes_to_canary_and_is_outside_the_split(start_router, services):
     assert others == ["v1", "v2"] * 20
 
     # no canary: the cohort goes to stable too
-    router_client.put_config(r.admin_port, cfg(services["v1"], None, weight=0.5, cohort=cohort))
+    router_client.put_config(r.admin, cfg(services["v1"], None, weight=0.5, cohort=cohort))
     with r.client() as c:
         assert c.get("/api/answer", headers={"x-team": "payments"}).headers["x-version"] == "v1"
 
@@ -354,7 +356,7 @@ def test_version_header_added_only_when_missing(start_router, upstream):
         assert resp.status_code == 200 and resp.text == "plain"
         assert resp.headers.get_list("x-version") == ["v1"]
         assert c.get("/versioned").headers.get_list("x-version") == ["custom"]
-    router_client.put_config(r.admin_port, cfg(upstream, version_header="X-Served-By", generation=2))
+    router_client.put_config(r.admin, cfg(upstream, version_header="X-Served-By", generation=2))
     with r.client() as c:
         resp = c.get("/versioned")
     assert resp.headers["x-served-by"] == "v1" and resp.headers["x-version"] == "custom"
@@ -369,9 +371,9 @@ def test_unreachable_canary_gives_502_attributed_to_it(start_router, services):
             assert resp.status_code == 502
             assert resp.headers["x-version"] == "v2"
             assert "v2" in resp.text and "unreachable" in resp.text
-    errors = router_client.get_config(r.admin_port)["errors"]
+    errors = router_client.get_config(r.admin)["errors"]
     assert errors["canary"] == 3 and errors["stable"] == 0
-    router_client.put_config(r.admin_port, cfg(services["v1"], closed, weight=0.0))
+    router_client.put_config(r.admin, cfg(services["v1"], closed, weight=0.0))
     with r.client() as c:
         assert c.get("/api/answer").headers["x-version"] == "v1"
 
@@ -381,7 +383,7 @@ def test_upstream_timeout_gives_504(start_router, upstream):
     with r.client() as c:
         resp = c.get("/slow", params={"s": "5"})
     assert resp.status_code == 504 and resp.headers["x-version"] == "v1"
-    assert router_client.get_config(r.admin_port)["errors"]["stable"] == 1
+    assert router_client.get_config(r.admin)["errors"]["stable"] == 1
 
 
 def test_config_change_applies_to_next_request_and_is_persisted(start_router, services):
@@ -389,32 +391,32 @@ def test_config_change_applies_to_next_request_and_is_persisted(start_router, se
     with r.client() as c:
         assert c.get("/api/answer").headers["x-version"] == "v1"
         new = cfg(services["v1"], services["v2"], weight=1.0, generation=2)
-        applied = router_client.put_config(r.admin_port, new)
+        applied = router_client.put_config(r.admin, new)
         assert applied["weight"] == 1.0 and applied["generation"] == 2
         assert json.loads(r.config_path.read_text()) == new  # on disk before the acknowledgement
         assert c.get("/api/answer").headers["x-version"] == "v2"
 
         # a GET result can be edited and PUT back
-        current = router_client.get_config(r.admin_port)
+        current = router_client.get_config(r.admin)
         current.update(weight=0.0, generation=3)
-        router_client.put_config(r.admin_port, current)
+        router_client.put_config(r.admin, current)
         assert c.get("/api/answer").headers["x-version"] == "v1"
 
         # a bad config is refused, changes nothing and is not persisted
         on_disk = r.config_path.read_text()
         with pytest.raises(router_client.ConfigRejected, match="weight"):
-            router_client.put_config(r.admin_port, {**new, "weight": 7})
+            router_client.put_config(r.admin, {**new, "weight": 7})
         assert r.config_path.read_text() == on_disk
-        assert router_client.get_config(r.admin_port)["generation"] == 3
+        assert router_client.get_config(r.admin)["generation"] == 3
         assert c.get("/api/answer").headers["x-version"] == "v1"
     assert not [p for p in r.config_path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_router_client_unreachable():
     with pytest.raises(router_client.RouterUnreachable, match="unreachable"):
-        router_client.get_config(free_port(), timeout=2.0)
+        router_client.get_config(router_client.AdminEndpoint(free_port(), "t" * 32), timeout=2.0)
     with pytest.raises(router_client.RouterUnreachable):
-        router_client.put_config(free_port(), {"stable": {"version": "v1", "port": 1}}, timeout=2.0)
+        router_client.put_config(router_client.AdminEndpoint(free_port(), "t" * 32), {"stable": {"version": "v1", "port": 1}}, timeout=2.0)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -514,7 +516,7 @@ def test_malformed_requests_get_400_and_the_router_survives(start_router, upstre
     assert raw(r.port, b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n").startswith(b"HTTP/1.1 431")
     with r.client() as c:
         assert c.get("/plain").status_code == 200
-    assert router_client.get_config(r.admin_port)["errors"]["bad_request"] == 7
+    assert router_client.get_config(r.admin)["errors"]["bad_request"] == 7
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -554,5 +556,5 @@ def test_admin_shutdown(start_router, upstream):
     r = start_router(cfg(upstream))
     with r.client() as c:
         assert c.get("/plain").status_code == 200  # an idle keep-alive connection does not hold it up
-        assert router_client.shutdown(r.admin_port)["shutting_down"] is True
+        assert router_client.shutdown(r.admin)["shutting_down"] is True
         assert r.proc.wait(10) == 0

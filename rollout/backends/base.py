@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from rollout.engine.state import Split, State
+from rollout.gates.liveness import CanaryProbe
 
 
 class Backend(Protocol):
@@ -43,6 +44,11 @@ class Backend(Protocol):
 
     def inspect(self, state: State) -> dict[str, Any]:
         """Live facts for `status`: what is running, what the router really does."""
+
+    def canary_probe(self, state: State) -> CanaryProbe | None:
+        """Read every tick of a stage (fail closed): is the canary down (process exited, no ready pod),
+        and the router's per-version counts of what happened to the requests it sent (None if it cannot tell).
+        Optional: the engine skips the probe of a backend without it."""
 
     def down(self, state: State) -> None:
         """Stop everything this backend started for the plan."""

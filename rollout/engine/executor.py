@@ -29,7 +29,8 @@ from rollout.engine.state import (
     Transition,
     new_state,
 )
-from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, UsageError
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, RolloutError, UsageError
+from rollout.gates import liveness
 from rollout.gates.health import health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
@@ -37,6 +38,7 @@ from rollout.load.stats import StageStats
 from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import Stage
+from rollout.testing.killpoints import kill_point  # test-only crash points; inert unless a test sets them
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
 
@@ -89,6 +91,8 @@ class Engine:
         self.who = who
         self.load_runner = load_runner
         self.probe = probe  # rollout.probe.probe from the CLI; None: no probe (tests whose load is simulated)
+        self.tags: list[str] | None = None  # --tags / --exclude-tags on run/advance (over load.tags)
+        self.exclude_tags: list[str] | None = None
         self.clock = clock
         self.state: State = self._load()
         backend.checkpoint = self.save
@@ -198,6 +202,7 @@ class Engine:
         st.started_at = self.clock()
         self._audit("start", f"rollout #{st.rollout_number}: {version} replaces {st.stable_version} (owner: {self.plan.owner.name}, {self.plan.owner.contact})")
         self.save()
+        kill_point("start-saved")
         self.backend.deploy_canary(st, version)
         self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
         self.save()
@@ -238,7 +243,9 @@ class Engine:
         st = self.state
         st.transition = Transition("shift", split, self.clock(), os.getpid(), self.who)
         self.save()
+        kill_point("shift-saved")
         self.backend.apply_split(st, split)
+        kill_point("shift-applied")
         st.split = split
         st.transition = None
         self._audit("shift", f"traffic: {split.describe()} ({why})")
@@ -282,18 +289,27 @@ class Engine:
         st.phase = Phase.PROGRESSING
         st.reason = f"stage {i + 1}/{n} `{stage.name}` running"
         where = "the canary alone" if stage.load_to == "canary" else "the entry point"
-        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {self.plan.stage_users(i)} users to {where} for {stage.duration:g}s")
+        shape = self.plan.stage_shape(i)
+        users = f"shape {shape} drives the users" if shape else f"{self.plan.stage_users(i)} users"
+        self._audit("stage-started", f"stage {i + 1}/{n} `{stage.name}`: {users} to {where} for {stage.duration:g}s")
         self.save()
+        kill_point("stage-started")
 
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
         failing: list[Verdict] = []
+        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version)
+        alive.observe(0.0, StageStats(), self._canary_probe())  # the window's start: the counters before any load
 
         early: list[float] = []
 
         def on_tick(stats: StageStats) -> bool:
+            served = alive.observe(stats.elapsed, stats, self._canary_probe())
             verdicts = judge.judge(stats, final=False)
-            self.out.progress(stage, i, n, stats, verdicts, stage.duration)
+            self.out.progress(stage, i, n, stats, verdicts + [served], stage.duration)
+            if served.status is Status.FAIL:  # fail closed: a canary that cannot serve ends the stage now
+                failing.append(served)
+                return True
             bad = [v for v in verdicts if v.status is Status.FAIL and gates[v.gate].critical]
             if bad:
                 failing.extend(bad)
@@ -321,7 +337,9 @@ class Engine:
             raise
 
         if not failing:
+            served = alive.observe(stats.elapsed, stats, self._canary_probe(), final=True)
             verdicts = judge.judge(stats, final=True)
+            verdicts += [served] if served.status is Status.FAIL else []
             verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
@@ -329,14 +347,16 @@ class Engine:
         rec.verdicts = [v.as_dict() for v in verdicts]
         rec.stats = stats.summary()
         rec.ended_at = self.clock()
-        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical
-            return v.gate in gates and gates[v.gate].critical
+        def is_critical(v: Verdict) -> bool:  # health checks are not gates: never critical; a dead canary always is
+            return v.gate == liveness.NAME or (v.gate in gates and gates[v.gate].critical)
 
         critical = [v for v in verdicts if v.status is Status.FAIL and is_critical(v)]
         uncertain = [v for v in verdicts if v.status is Status.INCONCLUSIVE or (v.status is Status.FAIL and not is_critical(v))]
         if critical:
             rec.status = StageStatus.FAILED
             rec.reason = "; ".join(f"{v.gate}: {v.message}" for v in critical)
+            if not any(v.gate == liveness.NAME for v in critical) and (evidence := alive.describe(stats)):
+                rec.reason += f" ({evidence})"  # the fault, named even when a gate saw it first
             self.out.stage_done(rec)
             self.save()
             self.notifier.emit("gate-failed", f"stage {i + 1}/{n} `{stage.name}` failed: {rec.reason}; rolling back to {st.stable_version}",
@@ -361,7 +381,18 @@ class Engine:
         self.out.stage_done(rec)
         self._audit("stage-passed", f"stage {i + 1}/{n} `{stage.name}` passed", echo=False)
         self.save()
+        kill_point("stage-passed")
         return "passed"
+
+    def _canary_probe(self) -> liveness.CanaryProbe | None:
+        """The backend's word on the canary this tick; a backend that cannot answer says nothing (None)."""
+        probe = getattr(self.backend, "canary_probe", None)
+        if probe is None:
+            return None
+        try:
+            return probe(self.state)
+        except RolloutError:
+            return None
 
     def _load_spec(self, i: int) -> Any:
         from rollout.load.runner import LoadSpec  # only commands that run load import locust
@@ -384,6 +415,12 @@ class Engine:
             cohort_share=load.cohort_share,
             max_requests=load.max_requests,
             metrics=dict(load.metrics),
+            only_role="canary" if stage.load_to == "canary" else None,
+            shape=self.plan.stage_shape(i),
+            tags=tuple(self.tags if self.tags is not None else load.tags) if (self.tags is not None or load.tags is not None) else None,
+            exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)
+            if (self.exclude_tags is not None or load.exclude_tags is not None) else None,
+            options=tuple(load.options.items()),
         )
 
     # -- ending ----------------------------------------------------------------
@@ -396,6 +433,7 @@ class Engine:
         st.transition = Transition(action, ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit(action, reason)
         self.save()
+        kill_point(f"{action}-saved")
         self._complete_rollback()
 
     def _complete_rollback(self) -> None:
@@ -405,7 +443,9 @@ class Engine:
         self.backend.apply_split(st, ALL_STABLE)
         st.split = ALL_STABLE
         self.save()
+        kill_point("rollback-routed")
         self.backend.stop_canary(st)
+        kill_point("rollback-stopped")
         st.transition = None
         done = f"all traffic on {st.stable_version}; canary {st.canary_version or '-'} stopped"
         self._audit("stable", done)
@@ -421,11 +461,13 @@ class Engine:
         st.transition = Transition("promote", ALL_STABLE, self.clock(), os.getpid(), self.who)
         self._audit("promote", f"promoting {st.canary_version}: all stages passed")
         self.save()
+        kill_point("promote-saved")
         self._complete_promote()
 
     def _complete_promote(self) -> None:
         st = self.state
         self.backend.promote(st)
+        kill_point("promote-done")
         if st.canary_version and st.stable_version != st.canary_version:
             previous = st.stable_version
             st.stable_version = st.canary_version

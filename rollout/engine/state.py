@@ -15,8 +15,10 @@ import getpass
 import os
 import socket
 import time
+import types
+import typing
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -261,3 +263,125 @@ def from_dict(d: dict[str, Any]) -> State:
         plan_info=dict(d.get("plan_info") or {}),
         schema=int(d.get("schema", SCHEMA_VERSION)),
     )
+
+
+# -- shape check (before from_dict) ------------------------------------------------
+
+
+class StateShapeError(ValueError):
+    """A saved state of the wrong shape: `field` is the dotted path, the message says what was expected."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field or '(the whole file)'}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _type_name(tp: Any) -> str:
+    if tp is Any:
+        return "anything"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return {list: "a list", dict: "an object", tuple: "a list"}.get(origin, str(origin))
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return "one of " + ", ".join(repr(m.value) for m in tp)
+    if dataclasses.is_dataclass(tp):
+        return f"an object ({tp.__name__})"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _found(value: Any) -> str:
+    text = "null" if value is None else type(value).__name__
+    return {"dict": "an object", "list": "a list", "str": "a string", "int": "an integer", "float": "a number", "bool": "a boolean"}.get(text, text)
+
+
+def check_shape(value: Any, tp: Any, path: str = "") -> None:
+    """Check JSON data against a type hint (dataclasses field by field, by their type hints), raising
+    StateShapeError naming the first wrong field. Dataclass fields with defaults may be missing; unknown
+    keys are refused. Derived from the dataclasses, so a field added to them is checked with no edit here."""
+    if tp is Any:
+        return
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in typing.get_args(tp):
+            try:
+                check_shape(value, alt, path)
+                return
+            except StateShapeError as e:
+                errors.append(e)
+        deepest = max(errors, key=lambda e: len(e.field))  # the alternative that matched furthest
+        if deepest.field != path:
+            raise deepest
+        raise StateShapeError(path, f"expected {_type_name(tp)}, found {_found(value)}")
+    if tp is type(None):
+        if value is not None:
+            raise StateShapeError(path, f"expected null, found {_found(value)}")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise StateShapeError(path, f"expected a list, found {_found(value)}")
+        (item,) = typing.get_args(tp) or (Any,)
+        for i, v in enumerate(value):
+            check_shape(v, item, f"{path}[{i}]")
+        return
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise StateShapeError(path, f"expected a list of {len(args)}, found {_found(value)}")
+        for i, (v, a) in enumerate(zip(value, args)):
+            check_shape(v, a, f"{path}[{i}]")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise StateShapeError(path, f"expected an object, found {_found(value)}")
+        _k, vt = typing.get_args(tp) or (str, Any)
+        for k, v in value.items():
+            check_shape(v, vt, f"{path}.{k}" if path else str(k))
+        return
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        if value not in {m.value for m in tp}:
+            raise StateShapeError(path, f"expected {_type_name(tp)}, found {value!r}")
+        return
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise StateShapeError(path, f"expected an object ({tp.__name__}), found {_found(value)}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        for key in value:
+            if key not in fields:
+                raise StateShapeError(f"{path}.{key}" if path else str(key), f"unknown field (known: {', '.join(fields)})")
+        for name, f in fields.items():
+            sub = f"{path}.{name}" if path else name
+            if name not in value:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise StateShapeError(sub, f"missing (expected {_type_name(hints[name])})")
+                continue
+            check_shape(value[name], hints[name], sub)
+        return
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise StateShapeError(path, f"expected a number, found {_found(value)}")
+        return
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StateShapeError(path, f"expected an integer, found {_found(value)}")
+        return
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise StateShapeError(path, f"expected {_type_name(tp)}, found {_found(value)}")
+        return
+    raise TypeError(f"check_shape cannot check {tp!r}")  # a type added to the dataclasses: teach it here
+
+
+def check_state_shape(data: Any) -> None:
+    """The saved state as a whole: a newer schema is refused first, then every field is checked."""
+    if isinstance(data, dict):
+        schema = data.get("schema", SCHEMA_VERSION)
+        if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA_VERSION:
+            raise StateShapeError("schema", f"written by a newer rollout (schema {schema}; this one reads up to {SCHEMA_VERSION}): upgrade rollout")
+    check_shape(data, State)

@@ -120,7 +120,7 @@ def load_baseline(path: str, locustfile: Path | None = None) -> Baseline:
     if locustfile is not None and lf and Path(lf).name != locustfile.name:
         raise UsageError(f"--baseline {p} was measured with the locustfile {Path(lf).name}, this run uses {locustfile.name}",
                          "compare runs of the same load profile (the same locustfile), or make a new baseline")
-    versions = [k for k, v in (stages[0].get("stats") or {}).items() if isinstance(v, dict) and k not in ("all", "unknown", "metrics", "gauges", "cohort_routing")]
+    versions = [k for k, v in (stages[0].get("stats") or {}).items() if isinstance(v, dict) and k not in ("all", "unknown", "metrics", "gauges", "cohort_routing", "endpoints")]  # endpoints: #9 (not a version)
     return Baseline(p, requests, failures, latency, doc.get("generated_at"), target.get("host"),
                     versions[0] if len(versions) == 1 else None, lf)
 

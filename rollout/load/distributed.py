@@ -30,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust.env import Environment
 
 from rollout.errors import LoadError
 from rollout.load import worker_plugin
 from rollout.load.runner import (
     LoadSpec,
     Recorder,
-    load_user_classes,
     tick_until_done,
     user_classes_for,
 )
@@ -48,7 +46,7 @@ READY_TIMEOUT = 45.0
 FINAL_FLUSH = 5.0  # a bound only: normally the workers report stopped within a fraction of a second
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -63,19 +61,30 @@ def merge_delta(stats: StageStats, data: dict[str, Any]) -> None:
         vs.merge(VersionStats(int(d["requests"]), int(d["failures"]), Histogram.from_dict(d["latency"])))
     for key, n in (data.get("routing") or {}).items():
         stats.cohort_routing[key] = stats.cohort_routing.get(key, 0) + int(n)
+    if data.get("endpoints") and stats.endpoints is not None:  # locust-native (#9)
+        from rollout.load.endpoints import EndpointStats
+
+        stats.endpoints.merge(EndpointStats.from_dict(data["endpoints"]))
 
 
 class Workers:
     """N worker processes; their output goes to a temporary file shown when they fail."""
 
     def __init__(self, spec: LoadSpec, n: int, port: int) -> None:
+        from rollout.load.session import option_args
+
         self.log = tempfile.NamedTemporaryFile(prefix="rollout-workers-", suffix=".log", delete=False)
-        settings = {"version_header": spec.version_header, "roles": spec.roles, "host": spec.host,
-                    "cohort": list(spec.cohort) if spec.cohort else None, "cohort_share": spec.cohort_share}
+        settings = worker_plugin.stage_settings(spec)
         env = {**os.environ, worker_plugin.SPEC_ENV: json.dumps(settings), "PYTHONUNBUFFERED": "1"}
         files = f"{Path(worker_plugin.__file__).resolve()},{spec.locustfile.resolve()}"
+        # the locustfile's own options and the tags, as `locust --worker` would be given them (its `init` sees them)
+        extra = option_args(spec.options or ())
+        if spec.tags:
+            extra += ["--tags", *spec.tags]
+        if spec.exclude_tags:
+            extra += ["--exclude-tags", *spec.exclude_tags]
         cmd = [sys.executable, "-m", "locust", "-f", files, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port),
-               "--loglevel", "WARNING"]
+               "--loglevel", "WARNING", *extra]
         self.procs = [subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) for _ in range(n)]
 
     def output(self) -> str:
@@ -106,15 +115,27 @@ class Workers:
 
 
 def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], workers: int) -> StageStats:
-    """`run_load` with the users in `workers` Locust worker processes; same contract (ticks, bounds, cleanup)."""
-    base = load_user_classes(spec.locustfile)
-    classes = user_classes_for(spec, base)
+    """`run_load` with the users in `workers` Locust worker processes; same contract (ticks, bounds, cleanup).
+
+    The master runner and the worker processes are this process's session (`rollout.load.session`): they
+    live across stages, as `init`/`quitting` fire once per process in a Locust run; each stage sends the
+    workers its settings (`rollout_stage`: cohort, roles) before it starts them."""
+    from rollout.load import session as sessions
+    from rollout.load.runner import no_requests_error, start_load, stop_load
+
+    sess = sessions.session(spec.locustfile, workers=workers)
+    sessions.check(spec)
+    classes = user_classes_for(spec, sess.lf.user_classes)
     recorder = Recorder(spec)  # its timeline logic; the requests arrive from the workers
-    env = Environment(user_classes=classes, host=spec.host)
-    port = _free_port()
-    runner = env.create_master_runner("127.0.0.1", port)
-    runner.register_message(worker_plugin.MESSAGE, lambda msg, **_: merge_delta(recorder.stats, msg.data))
-    procs = Workers(spec, workers, port)
+    if recorder.endpoints is not None:
+        recorder.endpoints.shape = spec.shape
+    first = sess.env is None
+    env, runner = sess.prepare(spec, classes)
+    if first:
+        runner.register_message(worker_plugin.MESSAGE, lambda msg, **_: sess.merge(msg.data))
+        sess.procs = Workers(spec, workers, sess.port)
+    sess.merge = lambda data: merge_delta(recorder.stats, data)  # this stage's statistics
+    procs = sess.procs
     try:
         deadline = time.monotonic() + READY_TIMEOUT
         while len(runner.clients.ready) < workers:
@@ -122,22 +143,26 @@ def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], 
                 raise LoadError(f"{workers} Locust worker(s) did not connect ({len(runner.clients.ready)} ready): {procs.output().strip() or 'no output'}",
                                 "run the locustfile with `locust -f FILE --worker` to see why")
             gevent.sleep(0.1)
+        runner.send_message(worker_plugin.STAGE_MESSAGE, worker_plugin.stage_settings(spec))
         start = time.monotonic()
-        runner.start(spec.users, spawn_rate=spec.spawn_rate)
-        elapsed = tick_until_done(runner, recorder, spec, on_tick, start)
+        done = start_load(spec, runner, env, classes)
+        elapsed = tick_until_done(runner, recorder, spec, on_tick, start, ended=done.is_set if done is not None else None)
         # Workers stop their users, send their last deltas (on test_stop), then `client_stopped`: messages
         # arrive in order, so once the master counts every worker stopped, every delta has been merged.
-        runner.stop()
+        stop_load(runner)
         flush_until = time.monotonic() + FINAL_FLUSH
         while time.monotonic() < flush_until and runner.state != "stopped":
             gevent.sleep(0.05)
-    finally:
+    except BaseException:
         try:
-            runner.quit()
+            stop_load(runner)
         finally:
-            procs.stop()
+            sess.close(1)
+        raise
     recorder.stats.elapsed = elapsed
     recorder.roll_second(elapsed)
+    if recorder.stats.requests == 0:
+        raise no_requests_error(min(spec.no_request_timeout, elapsed))
     return recorder.stats
 
 

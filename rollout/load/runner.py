@@ -26,7 +26,6 @@ from typing import Any
 import gevent
 from locust import FastHttpUser, HttpUser, User
 from locust.env import Environment
-from locust.util.load_locustfile import load_locustfile
 
 from rollout import metrics
 from rollout.errors import LoadError
@@ -34,6 +33,12 @@ from rollout.load.stats import StageStats, VersionStats
 
 COHORT_KEY = "rollout_cohort"
 TICK_SECONDS = 1.0
+NO_REQUEST_SECONDS = 10.0
+
+
+def no_requests_error(seconds: float) -> LoadError:
+    return LoadError(f"the locustfile made no requests in {seconds:.0f} s",
+                     "check its tasks, wait_time and event listeners (run it with `locust -f FILE --headless` to compare)")
 
 
 @dataclass(frozen=True)
@@ -51,22 +56,24 @@ class LoadSpec:
     cohort_share: float = 0.2
     max_requests: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # name -> rollout.plan.model.MetricSource
+    # -- fail closed: the role every request goes to when the load goes to one version alone (load_to:
+    # canary): a response without the version header, or no response at all, is that version's
+    only_role: str | None = None
+    # --- locust-native (#9): what `locust --headless` would be given (rollout.load.session) ---
+    shape: str | None = None  # a LoadTestShape class of the locustfile drives users and spawn rate
+    tags: tuple[str, ...] | None = None
+    exclude_tags: tuple[str, ...] | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # the locustfile's own options (load.options), to parsed_options
+    endpoint_stats: bool = True  # per-endpoint rows and failure messages (rollout.load.endpoints)
+    no_request_timeout: float = NO_REQUEST_SECONDS  # no request at all by then: the load is broken (exit 3)
+    # --- end locust-native ---
 
 
 def load_user_classes(path: Path) -> list[type[User]]:
-    """The concrete User classes of a locustfile, or a LoadError saying what is wrong with it."""
-    if not path.is_file():
-        raise LoadError(f"locustfile {path} does not exist", "fix load.locustfile in the plan")
-    try:
-        classes, _shapes = load_locustfile(str(path))
-    except SystemExit as exc:  # locust exits on some import problems
-        raise LoadError(f"locustfile {path} could not be loaded (exit {exc.code})", "run it with `locust -f` to see why") from None
-    except Exception as exc:
-        raise LoadError(f"locustfile {path} failed to import: {type(exc).__name__}: {exc}", "fix the locustfile; `python -c 'import ...'` shows the traceback") from None
-    users = [c for c in classes.values() if not getattr(c, "abstract", False)]
-    if not users:
-        raise LoadError(f"locustfile {path} defines no User class", "define a class deriving from locust's HttpUser or FastHttpUser")
-    return users
+    """The concrete User classes of a locustfile (imported once per process), or LocustfileInvalid (exit 2)."""
+    from rollout.load.session import load
+
+    return load(path).user_classes
 
 
 def _with_host(cls: type[User], host: str, cohort: tuple[str, str] | None, weight: float) -> type[User]:
@@ -110,6 +117,7 @@ class Recorder:
     def __init__(self, spec: LoadSpec) -> None:
         self.header = spec.version_header
         self.roles = dict(spec.roles)
+        self.only_role = spec.only_role
         self.stats = StageStats()
         self._prev: dict[str, VersionStats] = {}  # cumulative copies at the last second's end
         self.last_error: str = ""
@@ -117,13 +125,21 @@ class Recorder:
         self.json_metrics = [(n, m.json_field.split(".")) for n, m in spec.metrics.items() if m.json_field]
         self.header_metrics = [(n, m.header) for n, m in spec.metrics.items() if m.header]
         self.custom_metrics = {n for n, m in spec.metrics.items() if m.custom}
+        # --- locust-native (#9) ---
+        from rollout.load.endpoints import EndpointStats
+
+        self.endpoints: EndpointStats | None = EndpointStats() if spec.endpoint_stats else None
+        self.stats.endpoints = self.endpoints
+        # --- end locust-native ---
 
     def role_of(self, response: Any, version: str | None = None) -> str:
         if version is None and response is not None:
             headers = getattr(response, "headers", None)
             if headers is not None:
                 version = headers.get(self.header)
-        return self.roles.get(version, "unknown") if version else "unknown"
+        if not version:  # fail closed: with one version alone, an unlabelled answer (or none) is still its
+            return self.only_role or "unknown"
+        return self.roles.get(version, "unknown")
 
     def on_custom(self, name: str, value: float, response: Any, version: str | None) -> None:
         """`rollout.metrics.record` from the locustfile lands here."""
@@ -132,7 +148,13 @@ class Recorder:
         else:
             self.stats.source_errors[name] = "recorded by the locustfile but not declared as `custom: true` under load.metrics"
 
-    def _content_metrics(self, role: str, response: Any) -> None:
+    def _content_metrics(self, role: str, response: Any) -> str | None:
+        """Read the declared metrics from a response; return why it counts as a failure, if it does.
+
+        Fail closed: when the plan declares a `json` metric, the versions promise JSON answers, so a
+        successful answer whose body is not JSON is a failure of the version that sent it. A JSON body
+        without the field is not (error bodies and other endpoints may lack it): no value is recorded.
+        """
         if self.header_metrics:
             headers = getattr(response, "headers", None) or {}
             for name, header in self.header_metrics:
@@ -148,13 +170,14 @@ class Recorder:
             except ValueError:
                 for name, _ in self.json_metrics:
                     self.stats.source_errors[name] = "a response body is not JSON"
-                return
+                return f"the answer is not JSON (load.metrics declares json field(s) {', '.join('.'.join(p) for _, p in self.json_metrics)})"
             for name, path in self.json_metrics:
                 value = _dig(body, path)
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     self.stats.add_metric(name, role, float(value))
                 elif value is not None:
                     self.stats.source_errors[name] = f"field {'.'.join(path)} is {type(value).__name__}, not a number"
+        return None
 
     def on_request(
         self,
@@ -169,10 +192,15 @@ class Recorder:
     ) -> None:
         role = self.role_of(response)
         failed = exception is not None
+        why = ""
         if response is not None and not failed and (self.json_metrics or self.header_metrics):
-            self._content_metrics(role, response)
+            why = self._content_metrics(role, response) or ""
+            failed = bool(why)
+        if exception is not None:
+            why = f"{type(exception).__name__}: {exception}"[:200]
         if failed:
-            self.last_error = f"{type(exception).__name__}: {exception}"[:200]
+            self.last_error = why
+            self.stats.last_failure[role] = why
         ms = float(response_time) if response_time is not None else 0.0
         vs = self.stats.by_role.get(role)
         if vs is None:
@@ -184,6 +212,8 @@ class Recorder:
             key = f"other->{role}"
         routing = self.stats.cohort_routing
         routing[key] = routing.get(key, 0) + 1
+        if self.endpoints is not None:  # locust-native (#9): per-endpoint rows and failure messages
+            self.endpoints.add(role, request_type, name, ms, exception)
 
     def roll_second(self, t: float) -> None:
         """Close the current one-second bucket into the timeline (for reports and plots)."""
@@ -257,9 +287,12 @@ def _r(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 3)
 
 
-def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Callable[[StageStats], bool], start: float) -> float:
+def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Callable[[StageStats], bool], start: float,
+                    ended: Callable[[], bool] | None = None) -> float:
     """The one load loop (in-process and master/worker): a tick a second until the stage's time or
-    request bound is reached or `on_tick` says stop. Returns the elapsed seconds."""
+    request bound is reached, the shape ended (`ended`) or `on_tick` says stop. Returns the elapsed seconds.
+
+    No request at all after `spec.no_request_timeout` seconds is a broken load, not a slow one: LoadError."""
     next_tick = start + TICK_SECONDS
     while True:
         now = time.monotonic()
@@ -268,44 +301,98 @@ def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Ca
             return elapsed
         if spec.max_requests is not None and recorder.stats.requests >= spec.max_requests:
             return elapsed
+        if ended is not None and ended():
+            return elapsed
         if now >= next_tick:
             next_tick += TICK_SECONDS
             recorder.roll_second(elapsed)
             recorder.stats.elapsed = elapsed
             recorder.stats.users = runner.user_count
+            recorder.stats.users_timeline.append([round(elapsed, 2), runner.user_count])
             recorder.stats.cpu_max = max(recorder.stats.cpu_max, float(getattr(runner, "current_cpu_usage", 0.0) or 0.0))
+            if elapsed >= spec.no_request_timeout and recorder.stats.requests == 0:
+                raise no_requests_error(spec.no_request_timeout)
             if on_tick(recorder.stats):
                 return time.monotonic() - start
         gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
 
 
+def shape_class_mapper(classes: list[type[User]]) -> Callable[[list[type[User]] | None], list[type[User]] | None]:
+    """A shape's per-tick user classes are the locustfile's; ours are subclasses of the same name (and
+    `<Name>Cohort` in cohort stages): map one to the other by name."""
+
+    def mapped(wanted: list[type[User]] | None) -> list[type[User]] | None:
+        if wanted is None:
+            return None
+        names = {c.__name__ for c in wanted}
+        return [c for c in classes if c.__name__ in names or c.__name__.removesuffix("Cohort") in names]
+
+    return mapped
+
+
+def start_load(spec: LoadSpec, runner: Any, env: Any, classes: list[type[User]]) -> Any:
+    """Start the stage's users: the shape's greenlet when a shape drives them, else users/spawn_rate.
+    Returns an event set when the shape ended (or None)."""
+    import gevent.event
+
+    from rollout.load.session import drive_shape
+
+    if env.shape_class is None:
+        runner.start(spec.users, spawn_rate=spec.spawn_rate)
+        return None
+    done = gevent.event.Event()
+    runner.shape_greenlet = gevent.spawn(drive_shape, runner, env.shape_class, shape_class_mapper(classes), done)
+    return done
+
+
+def stop_load(runner: Any) -> None:
+    """End the stage's users (fires test_stopping/test_stop); the shape's greenlet goes with them."""
+    g = getattr(runner, "shape_greenlet", None)
+    if g is not None and g is not gevent.getcurrent():
+        g.kill(block=True)
+    runner.shape_greenlet = None
+    runner.stop()
+
+
 def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStats:
     """Run one stage's load; call on_tick(stats) about every second; stop when it returns True.
 
-    Bounded in time (spec.duration) and, when given, in count (spec.max_requests).
-    The runner is always quit, also on KeyboardInterrupt, which then propagates.
+    Bounded in time (spec.duration) and, when given, in count (spec.max_requests); a shape may end it
+    sooner. The Environment and runner are this process's (`rollout.load.session`: built like
+    `locust --headless`, lifecycle events fired); the stage stops the runner, also on KeyboardInterrupt,
+    which then propagates. `rollout.load.session.close_all` quits it when the process is done.
     """
-    base = load_user_classes(spec.locustfile)
-    classes = user_classes_for(spec, base)
+    from rollout.load import session as sessions
+
+    sess = sessions.session(spec.locustfile, workers=0)
+    sessions.check(spec)
+    classes = user_classes_for(spec, sess.lf.user_classes)
     recorder = Recorder(spec)
-    env = Environment(user_classes=classes, host=spec.host)
+    env, runner = sess.prepare(spec, classes)
+    if recorder.endpoints is not None:
+        recorder.endpoints.shape = spec.shape
+        sess.on_listener_error = recorder.endpoints.add_listener_error
     env.events.request.add_listener(recorder.on_request)
-    runner = env.create_local_runner()
-    start = time.monotonic()
     import gevent.event
 
     stop_polls = gevent.event.Event()
     metrics._install(recorder.on_custom)
+    start = time.monotonic()
     try:
         if any(m.prometheus for m in spec.metrics.values()):
             gevent.spawn(_poll_prometheus, spec, recorder.stats, stop_polls)
-        runner.start(spec.users, spawn_rate=spec.spawn_rate)
-        tick_until_done(runner, recorder, spec, on_tick, start)
+        done = start_load(spec, runner, env, classes)
+        tick_until_done(runner, recorder, spec, on_tick, start, ended=done.is_set if done is not None else None)
     finally:
         stop_polls.set()
         metrics._install(None)
-        runner.quit()
-        env.events.request.remove_listener(recorder.on_request)
+        try:
+            stop_load(runner)
+        finally:
+            env.events.request.remove_listener(recorder.on_request)
+            sess.on_listener_error = None
     recorder.stats.elapsed = time.monotonic() - start
     recorder.roll_second(recorder.stats.elapsed)
+    if recorder.stats.requests == 0:
+        raise no_requests_error(min(spec.no_request_timeout, recorder.stats.elapsed))
     return recorder.stats

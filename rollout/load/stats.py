@@ -72,6 +72,15 @@ class StageStats:
     # the latest value of polled metrics (prometheus): metric -> role -> value
     gauges: dict[str, dict[str, float]] = field(default_factory=dict)
     source_errors: dict[str, str] = field(default_factory=dict)  # metric -> last problem reading it
+    # -- fail closed (rollout.gates.liveness) --
+    last_failure: dict[str, str] = field(default_factory=dict)  # role -> the last failure charged to it, as said
+    # role -> what the router did with the requests it sent to that role's version during the stage
+    # (routed, answered, refused, reset, timeout, malformed, aborted, ...); empty when the backend cannot tell
+    router: dict[str, dict[str, int]] = field(default_factory=dict)
+    # --- locust-native (#9): per-endpoint rows, failure messages, listener errors (rollout.load.endpoints) ---
+    endpoints: Any = None  # EndpointStats | None
+    users_timeline: list[list[float]] = field(default_factory=list)  # [t, running users] a tick (shapes, ramps)
+    # --- end locust-native ---
 
     def metric(self, name: str, role: str) -> Histogram:
         by_role = self.metrics.setdefault(name, {})
@@ -122,4 +131,12 @@ class StageStats:
             out["gauges"] = {k: dict(v) for k, v in self.gauges.items()}
         if self.source_errors:
             out["source_errors"] = dict(self.source_errors)
+        if self.router:
+            out["router"] = {role: dict(c) for role, c in self.router.items()}
+        # --- locust-native (#9) ---
+        if self.endpoints is not None:
+            out["endpoints"] = self.endpoints.summary()
+        if self.users_timeline:
+            out["users_timeline"] = [list(x) for x in self.users_timeline[-3600:]]
+        # --- end locust-native ---
         return out

@@ -25,8 +25,17 @@ from typing import Any
 from locust import events
 
 MESSAGE = "rollout_stats"
+STAGE_MESSAGE = "rollout_stage"  # master -> workers before each stage: its cohort and roles
 SPEC_ENV = "ROLLOUT_WORKER_SPEC"
 EVERY = 1.0
+
+
+def stage_settings(spec: Any) -> dict[str, Any]:
+    """What a worker needs to know about a stage (JSON): attribution and the cohort users."""
+    return {"version_header": spec.version_header, "roles": dict(spec.roles), "host": spec.host,
+            "cohort": list(spec.cohort) if spec.cohort else None, "cohort_share": spec.cohort_share,
+            "endpoint_stats": bool(getattr(spec, "endpoint_stats", True)),
+            "only_role": getattr(spec, "only_role", None)}  # fail closed: one version alone owns unlabelled answers
 
 
 class Shipper:
@@ -37,7 +46,9 @@ class Shipper:
         from rollout.load.stats import VersionStats
 
         spec = LoadSpec(locustfile=Path("-"), host="", users=0, spawn_rate=1, duration=0,
-                        version_header=settings.get("version_header", "X-Version"), roles=dict(settings.get("roles", {})))
+                        version_header=settings.get("version_header", "X-Version"), roles=dict(settings.get("roles", {})),
+                        endpoint_stats=bool(settings.get("endpoint_stats", True)),
+                        only_role=settings.get("only_role"))
         self.env = environment
         self.recorder = Recorder(spec)
         self._empty = VersionStats
@@ -59,12 +70,20 @@ class Shipper:
             if d:
                 out["routing"][key] = d
                 self.sent_routing[key] = n
+        ep = self.recorder.endpoints
+        if ep is not None and (ep.endpoints or ep.listener_errors):  # locust-native (#9): send and start afresh
+            self.recorder.endpoints = self.recorder.stats.endpoints = type(ep)()
+            out["endpoints"] = ep.to_dict()
         return out
+
+    def new_stage(self, settings: dict[str, Any]) -> None:
+        self.recorder.roles = dict(settings.get("roles") or {})
+        self.recorder.header = settings.get("version_header", self.recorder.header)
 
     def flush(self, **_: Any) -> None:
         data = self.delta()
         runner = self.env.runner
-        if (data["roles"] or data["routing"]) and runner is not None:
+        if (data["roles"] or data["routing"] or data.get("endpoints")) and runner is not None:
             try:
                 runner.send_message(MESSAGE, data)
             except Exception:  # the master is gone: nothing left to report to
@@ -90,12 +109,25 @@ def _on_init(environment: Any, **_: Any) -> None:
     import gevent
 
     settings = json.loads(raw)
-    if settings.get("cohort"):  # the master's cohort users (`<User>Cohort`) must exist here too, by name
+    base = list(environment.user_classes)
+
+    def set_classes(settings: dict[str, Any]) -> None:
+        # the master's user classes (`<User>`, and `<User>Cohort` in cohort stages) must exist here too, by name
         from rollout.load.runner import LoadSpec, user_classes_for
 
+        cohort = settings.get("cohort")
         spec = LoadSpec(locustfile=Path("-"), host=settings.get("host") or "", users=0, spawn_rate=1, duration=0,
-                        cohort=tuple(settings["cohort"]), cohort_share=float(settings.get("cohort_share", 0.2)))
-        environment.user_classes = user_classes_for(spec, list(environment.user_classes))
+                        cohort=tuple(cohort) if cohort else None, cohort_share=float(settings.get("cohort_share", 0.2)))
+        environment.user_classes = user_classes_for(spec, base)
+        environment._tasks_filtered = False  # new subclasses: Locust filters by tag again at the next test_start
+
+    set_classes(settings)
     shipper = Shipper(environment, settings)
+
+    def on_stage(environment: Any, msg: Any, **_: Any) -> None:  # before the stage's spawn message (in order)
+        set_classes(msg.data)
+        shipper.new_stage(msg.data)
+
+    environment.runner.register_message(STAGE_MESSAGE, on_stage)
     environment.events.test_stop.add_listener(shipper.flush)
     gevent.spawn(shipper.loop)

@@ -311,6 +311,16 @@ class Load(Strict):
     metrics: dict[str, MetricSource] = Field(
         default_factory=dict, description="values measured per version besides errors and latency, usable in gates"
     )
+    shape: str | None = Field(
+        None, min_length=1, description="a LoadTestShape class of the locustfile that drives users and spawn rate (and user "
+        "classes) in every stage without its own `shape`; users/spawn_rate are then ignored; a stage ends at its duration or the shape's end"
+    )
+    tags: list[str] | None = Field(None, description="run only tasks with one of these @tag names (locust --tags)")
+    exclude_tags: list[str] | None = Field(None, description="do not run tasks with these @tag names (locust --exclude-tags)")
+    options: dict[str, Union[str, int, float, bool, list[str]]] = Field(
+        default_factory=dict, description="the locustfile's own command-line options (init_command_line_parser) or Locust's, "
+        "by name without dashes, e.g. {my-option: value, some-flag: true}: given to environment.parsed_options"
+    )
 
     class Cluster(Strict):
         """`runner: kubernetes`: where and how the in-cluster Locust master and workers run (rollout.load.cluster)."""
@@ -332,6 +342,9 @@ class Load(Strict):
     def _runner(self) -> Load:
         if self.runner == "local" and self.cluster is not None:
             raise ValueError("`cluster` goes with `runner: kubernetes`")
+        if self.runner == "kubernetes" and (self.shape or self.tags or self.exclude_tags or self.options):
+            raise ValueError("no `shape`, `tags`, `exclude_tags` or `options` with `runner: kubernetes` yet (the in-cluster "
+                             "Locust is started without them); use the local runner (`workers` for more load)")
         return self
 
 
@@ -510,6 +523,8 @@ class Stage(Strict):
     )
     users: int | None = Field(None, ge=1, le=MAX_USERS, description="overrides load.users")
     spawn_rate: float | None = Field(None, gt=0, le=MAX_USERS)
+    shape: str | None = Field(None, min_length=1, description="a LoadTestShape class of the locustfile for this stage (overrides load.shape; "
+                              "`none`: users/spawn_rate even when load.shape is set)")
     approval: Literal["auto", "manual"] = "auto"
     load_to: Literal["entry", "canary"] = Field(
         "entry",
@@ -575,6 +590,11 @@ class Plan(Strict):
 
     def stage_users(self, index: int) -> int:
         return self.stages[index].users or self.load.users
+
+    def stage_shape(self, index: int) -> str | None:
+        """The LoadTestShape class driving this stage's users, or None (users/spawn_rate)."""
+        name = self.stages[index].shape or self.load.shape
+        return None if name in (None, "none") else name
 
     def stage_spawn_rate(self, index: int) -> float:
         stage = self.stages[index]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from rollout.engine.state import StageRecord
 from rollout.gates.verdict import Status, Verdict
@@ -54,7 +54,7 @@ class ConsoleReporter:
         rps = {role: float(last.get(role, {}).get("requests", 0)) for role in ("stable", "canary")}
         left = max(0.0, duration - stats.elapsed)
         parts = [
-            f"users {stats.users}",
+            f"users {stats.users}" + (f" (shape {shape})" if (shape := getattr(stats.endpoints, "shape", None)) else ""),
             f"rps {sum(rps.values()):,.0f}",
             _role_line(stats, "stable", rps["stable"]),
             _role_line(stats, "canary", rps["canary"]),
@@ -84,3 +84,34 @@ class ConsoleReporter:
         self._write(f"{mark} stage {record.index + 1} `{record.name}` {record.status.value} ({reqs:,} requests)")
         for v in record.verdicts:
             self._write(f"    {v['status']:>12}  {v['gate']}: {v['message']}")
+        for line in endpoint_lines(record.stats.get("endpoints"), indent="    "):
+            self._write(line)
+
+
+def endpoint_lines(ep: dict[str, Any] | None, indent: str = "  ", top: int = 10) -> list[str]:
+    """The console's per-endpoint summary (#9): the busiest/failing endpoints per version and the top failures."""
+    if not ep:
+        return []
+    from rollout.plan.units import fmt_ms
+
+    def ms(x: float | None) -> str:
+        return "–" if x is None else fmt_ms(x)
+
+    out: list[str] = []
+    rows = ep.get("endpoints") or []
+    if rows:
+        out.append(f"{indent}{'version':<12} {'method':<7} {'name':<32} {'requests':>9} {'fails':>7} {'p50':>8} {'p95':>8} {'p99':>8}")
+        for e in rows[:top]:
+            out.append(f"{indent}{e['version'][:12]:<12} {e['method'][:7]:<7} {e['name'][:32]:<32} {e['requests']:>9,} {e['failures']:>7,} "
+                       f"{ms(e.get('p50_ms')):>8} {ms(e.get('p95_ms')):>8} {ms(e.get('p99_ms')):>8}")
+        rest = len(rows) - top + (ep.get("endpoints_more") or {}).get("rows", 0)
+        if rest > 0:
+            out.append(f"{indent}… {rest:,} more endpoints in the reports")
+    for f in (ep.get("failures") or [])[:top]:
+        out.append(f"{indent}failure ×{f['count']:,} {f['method']} {f['name']} ({f['version']}): {f['error']}")
+    more = ep.get("failures_more") or {}
+    if more.get("count"):
+        out.append(f"{indent}… {more['count']:,} more failures of {more.get('rows', 0):,} more kinds")
+    for text in ep.get("listener_errors") or []:
+        out.append(f"{indent}warning: a listener of the locustfile raised: {text.strip().splitlines()[-1]}")
+    return out

@@ -190,8 +190,41 @@ def render(report: dict[str, Any]) -> str:
                              + "".join(f'<td class="n">{_e(fmt_ms(d[q]) if d.get(q) is not None else "–")}</td>' for q in ("p50_ms", "p95_ms", "p99_ms")) + "</tr>")
         if vrows:
             parts.append("<table><tr><th>version</th><th>requests</th><th>errors</th><th>p50</th><th>p95</th><th>p99</th></tr>" + "".join(vrows) + "</table>")
+        parts += _endpoint_tables(s.get("endpoints"))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _endpoint_tables(ep: dict[str, Any] | None) -> list[str]:
+    """Per-endpoint statistics and failures per version (#9), under the plots: Locust's two tables, attributed."""
+    if not ep:
+        return []
+    out: list[str] = []
+    if ep.get("shape"):
+        out.append(f'<p class="muted">Users driven by the LoadTestShape <code>{_e(ep["shape"])}</code>.</p>')
+    if ep.get("endpoints"):
+        rows = []
+        for e in ep["endpoints"]:
+            c = ' class="bad"' if e["failures"] else ""
+            rows.append(f'<tr><td>{_e(e["version"])}</td><td>{_e(e["method"])}</td><td><code>{_e(e["name"])}</code></td>'
+                        f'<td class="n">{e["requests"]:,}</td><td class="n"{c}>{e["failures"]:,}</td>'
+                        + "".join(f'<td class="n">{_e(fmt_ms(e[q]) if e.get(q) is not None else "–")}</td>' for q in ("p50_ms", "p95_ms", "p99_ms")) + "</tr>")
+        more = ep.get("endpoints_more") or {}
+        if more.get("rows"):
+            rows.append(f'<tr><td colspan="3" class="muted">{more["rows"]:,} more endpoints</td><td class="n">{more["requests"]:,}</td>'
+                        f'<td class="n">{more["failures"]:,}</td><td></td><td></td><td></td></tr>')
+        out.append("<h3>Endpoints</h3><table><tr><th>version</th><th>method</th><th>name</th><th>requests</th><th>failures</th>"
+                   "<th>p50</th><th>p95</th><th>p99</th></tr>" + "".join(rows) + "</table>")
+    if ep.get("failures"):
+        rows = [f'<tr><td class="n">{f["count"]:,}</td><td>{_e(f["method"])}</td><td><code>{_e(f["name"])}</code></td>'
+                f'<td>{_e(f["error"])}</td><td>{_e(f["version"])}</td></tr>' for f in ep["failures"]]
+        more = ep.get("failures_more") or {}
+        if more.get("count"):
+            rows.append(f'<tr><td class="n">{more["count"]:,}</td><td colspan="4" class="muted">{more["rows"]:,} more kinds of failure</td></tr>')
+        out.append("<h3>Failures</h3><table><tr><th>count</th><th>method</th><th>name</th><th>error</th><th>version</th></tr>" + "".join(rows) + "</table>")
+    for text in ep.get("listener_errors") or []:
+        out.append(f'<p class="warn">A listener of the locustfile raised:</p><pre>{_e(text)}</pre>')
+    return out
 
 
 def write(report: dict[str, Any], path: str | Path) -> Path:

@@ -24,6 +24,11 @@ Shape (schema_version 1):
      baseline: {file, generated_at, host, version, requests, failures, error_rate, p50_ms, p95_ms, p99_ms} | null  # gate --baseline; optional
     }
 
+Version 2 (#9): `stages[].stats.endpoints` (per request name and method per version: requests, failures,
+p50/p95/p99; a failures table of method, name, error message, count, version; bounded to the top rows with
+the rest counted; listener errors; the LoadTestShape that drove the users) and `stages[].stats.users_timeline`.
+Version 1 documents are still read.
+
 Additions within schema_version 1 (optional keys, so every v1 reader and
 every v1 file stay valid): `stages[].distributions` (what `--baseline` reads)
 and `baseline`.
@@ -42,7 +47,8 @@ from typing import Any
 from rollout.errors import BadInput
 
 SCHEMA = "rollout-report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # v2 added stats.endpoints and stats.users_timeline (optional: v1 files read as before)
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
 
@@ -229,8 +235,9 @@ def load(path: str | Path) -> dict[str, Any]:
         raise BadInput(f"report {p} is not readable JSON: {exc}", "give the JSON file written by --json") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise BadInput(f"{p} is not a rollout report (no \"schema\": \"{SCHEMA}\")", "give the JSON file written by --json")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise BadInput(f"{p} is a rollout report of schema version {data.get('schema_version')}; this rollout reads version {SCHEMA_VERSION}",
+    if data.get("schema_version") not in READABLE_VERSIONS:
+        raise BadInput(f"{p} is a rollout report of schema version {data.get('schema_version')}; this rollout reads versions "
+                       f"{', '.join(map(str, READABLE_VERSIONS))}",
                        "render it with the rollout version that wrote it")
     return data
 

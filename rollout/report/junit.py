@@ -16,6 +16,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from rollout.load.endpoints import top_failures_text
+
 
 def _fmt_value(metric: str, x: float | None) -> str:
     from rollout.plan.units import fmt_ms, fmt_percent
@@ -68,10 +70,12 @@ def render(report: dict[str, Any]) -> str:
             metric = g.get("metric", "")
             numbers = (f"gate {v['gate']}: {metric} on {v.get('version')}: observed {_fmt_value(metric, v.get('observed'))}, "
                        f"limit {_fmt_value(metric, v.get('threshold'))}, {v.get('requests', 0):,} requests")
+            top = top_failures_text((stage.get("stats") or {}).get("endpoints"))
             if v["status"] == "fail":
                 counts["failures"] += 1
-                el = ET.SubElement(case, "failure", message=f"{v['gate']}: {v['message']}", type="gate-failed")
-                el.text = f"{v['message']}\n{numbers}\n"
+                where = f" — top failures: {top}" if top else ""
+                el = ET.SubElement(case, "failure", message=f"{v['gate']}: {v['message']}{where}", type="gate-failed")
+                el.text = f"{v['message']}\n{numbers}\n" + (f"top failing endpoints: {top}\n" if top else "")
             elif v["status"] == "inconclusive":
                 if command == "gate":
                     counts["failures"] += 1

@@ -56,8 +56,36 @@ def render(report: dict[str, Any]) -> str:
                 d = s[k]
                 lines.append(f"| {k} | {d['requests']:,} | {_v('error_rate', d.get('error_rate'))} | {_v('p', d.get('p50_ms'))} | "
                              f"{_v('p', d.get('p95_ms'))} | {_v('p', d.get('p99_ms'))} |")
+        lines += _endpoint_lines(s.get("endpoints"))
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _endpoint_lines(ep: dict[str, Any] | None) -> list[str]:
+    """Per-endpoint rows and the failures table (#9): what failed, where, with which message, per version."""
+    if not ep:
+        return []
+    out: list[str] = []
+    if ep.get("shape"):
+        out += ["", f"Users driven by the LoadTestShape `{_cell(ep['shape'])}`."]
+    if ep.get("endpoints"):
+        out += ["", "| version | method | name | requests | failures | p50 | p95 | p99 |", "|---|---|---|---:|---:|---:|---:|---:|"]
+        for e in ep["endpoints"]:
+            out.append(f"| {_cell(e['version'])} | {_cell(e['method'])} | `{_cell(e['name'])}` | {e['requests']:,} | {e['failures']:,} | "
+                       f"{_v('p', e.get('p50_ms'))} | {_v('p', e.get('p95_ms'))} | {_v('p', e.get('p99_ms'))} |")
+        more = ep.get("endpoints_more") or {}
+        if more.get("rows"):
+            out.append(f"| … | | {more['rows']:,} more | {more['requests']:,} | {more['failures']:,} | | | |")
+    if ep.get("failures"):
+        out += ["", "| failures | method | name | error | version |", "|---:|---|---|---|---|"]
+        for f in ep["failures"]:
+            out.append(f"| {f['count']:,} | {_cell(f['method'])} | `{_cell(f['name'])}` | {_cell(f['error'])} | {_cell(f['version'])} |")
+        more = ep.get("failures_more") or {}
+        if more.get("count"):
+            out.append(f"| {more['count']:,} | | | … {more['rows']:,} more kinds | |")
+    for text in ep.get("listener_errors") or []:
+        out += ["", f"⚠️ a listener of the locustfile raised: `{_cell(text.strip().splitlines()[-1])}`"]
+    return out
 
 
 def write(report: dict[str, Any], path: str | Path) -> Path:

@@ -60,7 +60,7 @@ def plan_tables(plan: Plan) -> str:
             "-" if s.weight is None else fmt_percent(s.weight),
             ", ".join(f"{k}: {v}" for k, v in (s.cohort or {}).items()) or "-",
             s.load_to,
-            plan.stage_users(i),
+            f"shape {plan.stage_shape(i)}" if plan.stage_shape(i) else plan.stage_users(i),
             fmt_duration(s.duration),
             s.approval,
             ", ".join(gates) or "-",
@@ -75,7 +75,17 @@ def plan_tables(plan: Plan) -> str:
             grows.append([f"{name} (stage {s.name})", _metric_label(g) if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", _floor(g) if g else "-"])
     gates = tabulate(grows, headers=["gate", "metric", "on", "passes when", "min requests"]) if grows else "(no gates)"
     head = f"Plan `{plan.name}` — owner {printable(plan.owner.name)} <{printable(plan.owner.contact)}> — backend {plan.target.backend}"
-    return printable(f"{head}\n\n{stages}\n\n{gates}", keep_newlines=True)
+    load = plan.load
+    notes = []
+    if any(plan.stage_shape(i) for i in range(len(plan.stages))):
+        notes.append("a LoadTestShape drives the users (and spawn rate) where the users column names one; those stages end at "
+                     "their duration or when the shape ends")
+    if load.tags or load.exclude_tags:
+        notes.append(f"tasks: tags {', '.join(load.tags or []) or 'all'}" + (f", excluding {', '.join(load.exclude_tags)}" if load.exclude_tags else ""))
+    if load.options:
+        notes.append("locustfile options: " + " ".join(f"--{k}={v}" for k, v in load.options.items()))
+    extra = ("\n\n" + "\n".join(f"Load: {n}" for n in notes)) if notes else ""
+    return printable(f"{head}\n\n{stages}{extra}\n\n{gates}", keep_newlines=True)
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:

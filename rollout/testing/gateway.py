@@ -328,7 +328,8 @@ class ClusterGateway:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         self.port, self.admin_port = int(info["port"]), int(info["admin_port"])
-        applied = router_client.get_config(self.admin_port)
+        self._admin = router_client.AdminEndpoint(self.admin_port, Path(info["token_file"]).read_text().strip())
+        applied = router_client.get_config(self._admin)
         self._applied = config
         self.history.append({"at": time.time(), "config": config, "counters": _counters(applied)})
 
@@ -497,7 +498,7 @@ class ClusterGateway:
                 return
             self._generation += 1
             try:
-                applied = router_client.put_config(self.admin_port, {**config, "generation": self._generation})
+                applied = router_client.put_config(self._admin, {**config, "generation": self._generation})
             except router_client.RouterError as exc:
                 self.errors.append(f"router: {exc}")
                 return
@@ -526,7 +527,7 @@ class ClusterGateway:
 
     def config(self) -> dict[str, Any]:
         """The router's live config and counters (GET /config of its admin API)."""
-        return router_client.get_config(self.admin_port)
+        return router_client.get_config(self._admin)
 
     def periods(self) -> list[dict[str, Any]]:
         """Per applied config: {"config", "requests": {"stable", "canary"}, "cohort_requests"} routed while it was live."""

@@ -47,6 +47,7 @@ from rollout.backends.kubernetes.client import (
 from rollout.backends.kubernetes.store import micro_time
 from rollout.engine.state import ALL_STABLE, Split, State
 from rollout.errors import BackendError, RolloutError, UsageError
+from rollout.gates.liveness import CanaryProbe
 from rollout.plan.loader import LoadedPlan
 from rollout.plan.model import KubernetesTarget
 
@@ -54,6 +55,7 @@ STRATEGIC = "application/strategic-merge-patch+json"
 VERSION_ANNOTATION = "rollout.dev/version"
 GW = ("gateway.networking.k8s.io", "v1")
 MAX_TEMPLATES = 20  # pod templates kept for `revert --to-revision` (as many as state.revisions)
+PROBE_TIMEOUT = 3.0  # the per-tick canary probe (fail closed): a slow API server skips a tick, it does not stall the stage
 REVERT_HINT = "`rollout revert` puts all traffic back on stable"
 STEP_MARGIN = 60.0  # seconds beyond two progress deadlines in the default step deadline
 
@@ -454,6 +456,22 @@ class KubernetesBackend:
                                "set target.canary_url, e.g. the canary Service's address")
         return self.target.canary_url
 
+    def canary_probe(self, state: State) -> CanaryProbe | None:
+        """Fail closed, every tick: a canary Deployment that should run pods and has none ready is down.
+        No per-version request counters: the cluster's routers do not count for us."""
+        rec = state.backend.get("canary")
+        if not rec:
+            return CanaryProbe(state.canary_version)
+        name = self.target.deployments.canary
+        with self.kube.deadline("checking the canary's ready pods", PROBE_TIMEOUT):  # never holds up the tick for long
+            dep = self._get(name)
+        want = int((dep.get("spec") or {}).get("replicas", 1) or 0)
+        ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+        down = None
+        if want > 0 and ready == 0:
+            down = f"Deployment {self.ns}/{name} has 0 of {want} pods ready"
+        return CanaryProbe(rec.get("version") or state.canary_version, down, None)
+
     @step("reading the live objects")
     def inspect(self, state: State) -> dict[str, Any]:
         """Live facts for `status -o json`: {"deployments": {role: ...}, "traffic": {router, weight, cohort, note}}.
@@ -510,6 +528,7 @@ class KubernetesBackend:
                          "this is what a new rollout would do from the objects as they are now")
         if version == stable_version:
             notes.append(f"{version} is already the stable version: `rollout run` would do nothing")
+        notes += dryrun.attribution_notes(self.loaded.plan)
         try:
             steps = dryrun.steps(self.loaded.plan, objects, self.ns, stable_version, version, images,
                                  self.images_for(stable_version, objects["stable"], state))

@@ -196,6 +196,40 @@ def steps(plan: Plan, objects: dict[str, Any], namespace: str, stable_version: s
     return [sim.prepare(), *(sim.stage(i) for i in range(len(plan.stages))), sim.promote()]
 
 
+def attribution_notes(plan: Plan) -> list[str]:
+    """Fail closed (#10): which failed requests the load can charge to a version on this router, and
+    what the plan should add where it cannot. A failure charged to no version cannot fail the canary."""
+    t = plan.target
+    assert isinstance(t, KubernetesTarget)
+    header = plan.load.version_header
+    entry = [s.name for s in plan.stages if s.load_to == "entry"]
+    alone = [s.name for s in plan.stages if s.load_to == "canary"]
+    notes = ["a canary Deployment left with no ready pod fails the stage at once (checked every second)"]
+    if not entry:
+        return notes + ["every stage loads the canary alone: a failed request without a version header is the canary's"]
+    if t.router == "gateway-api":
+        who = (f"the HTTPRoute sets `{header}` per backendRef, so every answer from a version is charged to it; "
+               "a request the gateway itself fails (refused, reset, timed out: its own 5xx) may come back without it")
+    elif t.router == "nginx":
+        who = (f"ingress-nginx sets no header per version: `{header}` must come from the service itself, and a "
+               "request nginx fails (its own 502/503/504) comes back without it")
+    else:
+        who = (f"one Service spreads requests over both Deployments: `{header}` must come from the service itself, "
+               "and a connection refused or reset by a pod comes back without it")
+    notes.append(f"unattributed failures: {who}; in stage(s) {', '.join(entry)} (load to the entry point) such a "
+                 "failure is charged to no version, so it cannot fail the canary")
+    if alone and t.canary_url:
+        notes.append(f"stage(s) {', '.join(alone)} load target.canary_url alone: there every failure is the canary's")
+    elif t.router == "replicas":  # no canary-only stage is possible: any canary pod serves users
+        notes.append("to charge them: use router: gateway-api, whose backendRefs add the header and which allows a first "
+                     "stage with `load_to: canary` on target.canary_url, where every failure is the canary's")
+    else:
+        notes.append("to charge them: add a first stage with `load_to: canary` and set target.canary_url (the canary "
+                     "Service's address), where every failure, header or not, is the canary's"
+                     + ("" if t.router == "gateway-api" else "; or use router: gateway-api, whose backendRefs add the header"))
+    return notes
+
+
 def local_steps(plan: Plan) -> list[dict[str, Any]]:
     """The local backend: what its router is told per stage (smooth weighted round-robin: exactly `weight` of requests)."""
     out = []

@@ -36,7 +36,24 @@ the version's name; an unreachable upstream gives 502, an upstream that does
 not answer within ``--upstream-timeout`` (default 30 s) 504, both carrying the
 header of the version that failed.
 
-Admin API on 127.0.0.1:ADMIN_PORT (JSON, one request per connection):
+With ``--canary-port`` (0: a free one, written to the ready file as
+``canary_port``) the router also listens for load meant for the canary alone
+(a ``load_to: canary`` stage): every request there goes to the canary (503
+when none is deployed), counted per version like the rest, so a canary that
+refuses, resets or hangs is seen by the engine there too.
+
+Admin API on 127.0.0.1:ADMIN_PORT (JSON, one request per connection).
+Only the tool may use it: every request must carry
+``Authorization: Bearer <token>``, the token being the content of
+``--token-file`` (an owner-only file in the state directory; created with a
+random token, mode 0600, when it does not exist; compared in constant time),
+else 401. A request with an ``Origin`` header (a browser's) is refused with
+403, and PUT/POST bodies must be ``Content-Type: application/json`` (else
+415), so no CORS "simple request" from a web page gets through either.
+Upstreams (``host``) must be loopback addresses unless the router is started
+with ``--allow-remote-upstreams`` (the local backend never does: its versions
+are local processes), so nobody can point users, and their credentials, at
+another host.
 
     GET  /healthz   {"ok": true, "pid": ..., "generation": ...}
     GET  /config    the config plus live counters:
@@ -45,7 +62,14 @@ Admin API on 127.0.0.1:ADMIN_PORT (JSON, one request per connection):
                     "errors": {"stable": n, "canary": n, "bad_request": n, "aborted": n}
                     ("stable"/"canary" are the 502/504 the router answered itself;
                     "aborted" are responses cut mid-body)
-                    "router": {"pid", "uptime_s", "config_file", "upstream_timeout_s"}
+                    "versions": {name: {"routed", "answered", "refused", "reset",
+                                 "timeout", "malformed", "aborted", "cancelled",
+                                 "in_flight", "no_header"}}
+                    (per version *name*, whatever the client saw: see
+                    VersionCounters; the engine reads them every tick)
+                    "pinned_requests": n (the canary-only listener's)
+                    "router": {"pid", "uptime_s", "config_file", "upstream_timeout_s",
+                               "canary_port"}
     PUT  /config    a full config: validated (400 with every problem otherwise),
                     written to the --config file (temp + fsync + rename) and only
                     then applied and acknowledged with the new config. Requests
@@ -64,7 +88,9 @@ hop-by-hop headers (and those named in ``Connection``) removed;
 ``X-Forwarded-For`` appended; ``Expect: 100-continue`` answered by the router.
 Request bodies up to 1 MiB with a Content-Length are buffered (so they can be
 replayed), larger and chunked ones streamed. Malformed requests get 400 (or
-431/501/505) and the connection is closed.
+431/501/505) and the connection is closed; a line of the request head that
+ends in a bare LF is answered 400 as soon as that line arrives (heads are read
+line by line, so a bare-LF client is never left waiting for an idle timeout).
 
 Performance: asyncio streams (uvloop when importable; it is not a
 dependency), no per-request logging, no regex, header names lowered once,
@@ -77,6 +103,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hmac
+import ipaddress
 import json
 import os
 import signal
@@ -100,7 +128,7 @@ POOL_IDLE_TTL = 30.0  # idle upstream connections older than this are closed
 ADMIN_BODY_MAX = 1 << 20
 WEIGHT_SCALE = 1_000_000  # weights are integers in millionths: exact arithmetic
 
-_COUNTER_KEYS = frozenset({"requests", "cohort_requests", "errors", "router"})
+_COUNTER_KEYS = frozenset({"requests", "cohort_requests", "pinned_requests", "errors", "versions", "router"})
 _CONFIG_KEYS = ("stable", "canary", "weight", "cohort", "version_header", "generation")
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _HEX = b"0123456789abcdefABCDEF"
@@ -142,10 +170,13 @@ _NONE, _LENGTH, _CHUNKED, _EOF = 0, 1, 2, 3
 
 _REASONS = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     411: "Length Required",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -172,7 +203,19 @@ def _is_header_value(s: object) -> bool:
     return isinstance(s, str) and s == s.strip() and all(" " <= c <= "~" for c in s)
 
 
-def _version_entry(raw: object, key: str, problems: list[str], *, required: bool) -> dict[str, Any] | None:
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`: the only upstream hosts a router takes by default."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _version_entry(
+    raw: object, key: str, problems: list[str], *, required: bool, allow_remote: bool = False
+) -> dict[str, Any] | None:
     if raw is None:
         if required:
             problems.append(f"{key}: required, an object {{\"version\": ..., \"port\": ...}}")
@@ -194,11 +237,16 @@ def _version_entry(raw: object, key: str, problems: list[str], *, required: bool
         host = raw["host"]
         if not (isinstance(host, str) and host and host == host.strip()):
             problems.append(f"{key}.host: expected a host name or address, found {host!r}")
+        elif not allow_remote and not is_loopback(host):
+            problems.append(
+                f"{key}.host: {host!r} is not a loopback address (127.0.0.0/8, ::1, localhost); "
+                "this router only forwards to local processes"
+            )
         entry["host"] = host
     return entry
 
 
-def validate_config(raw: object, *, default_generation: int = 0) -> dict[str, Any]:
+def validate_config(raw: object, *, default_generation: int = 0, allow_remote: bool = False) -> dict[str, Any]:
     """Check a config and return it normalized; raise ConfigError listing every problem.
 
     Optional keys default to: canary null, weight 0, cohort null,
@@ -211,8 +259,8 @@ def validate_config(raw: object, *, default_generation: int = 0) -> dict[str, An
     unknown = sorted(set(raw) - set(_CONFIG_KEYS) - _COUNTER_KEYS)
     if unknown:
         problems.append(f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(_CONFIG_KEYS)})")
-    stable = _version_entry(raw.get("stable"), "stable", problems, required=True)
-    canary = _version_entry(raw.get("canary"), "canary", problems, required=False)
+    stable = _version_entry(raw.get("stable"), "stable", problems, required=True, allow_remote=allow_remote)
+    canary = _version_entry(raw.get("canary"), "canary", problems, required=False, allow_remote=allow_remote)
     weight = raw.get("weight", 0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
         problems.append(f"weight: expected a number 0..1 (the canary's share), found {weight!r}")
@@ -349,12 +397,38 @@ class _Pool:
             del idle[:n]
 
 
+class VersionCounters:
+    """What happened to the requests sent to one version (by name), whatever the client saw.
+
+    The router is the one place that knows which version a request went to even
+    when no answer came back, so it counts for the engine (fail closed): every
+    request `routed` to a version ends as `answered` (a complete response
+    relayed) or as one failure kind: `refused` (connect failed), `reset`
+    (closed/reset without a complete response), `timeout`, `malformed` (not
+    HTTP, bad framing), `aborted` (cut mid-body after the head was relayed) —
+    or `cancelled` (the client left, or the router shut down); `in_flight` are
+    still waiting. `no_header`: answers that lacked the version header (the
+    router added it).
+    """
+
+    __slots__ = ("routed", "answered", "refused", "reset", "timeout", "malformed", "aborted", "cancelled", "in_flight", "no_header")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
 class _Upstream:
     """One version behind the router, as the hot path needs it (bytes, precomputed)."""
 
-    __slots__ = ("role", "version", "host", "port", "pool", "version_line", "host_line")
+    __slots__ = ("role", "version", "host", "port", "pool", "version_line", "host_line", "counters")
 
-    def __init__(self, role: str, entry: dict[str, Any], pool: _Pool, version_header: str) -> None:
+    def __init__(self, role: str, entry: dict[str, Any], pool: _Pool, version_header: str,
+                 counters: VersionCounters) -> None:
+        self.counters = counters
         self.role = role
         self.version = entry["version"]
         self.host = entry.get("host", "127.0.0.1")
@@ -369,7 +443,8 @@ class _Route:
 
     __slots__ = ("raw", "stable", "canary", "picker", "cohort_name", "cohort_value", "vh_lower")
 
-    def __init__(self, raw: dict[str, Any], pools: dict[tuple[str, int, str], _Pool]) -> None:
+    def __init__(self, raw: dict[str, Any], pools: dict[tuple[str, int, str], _Pool],
+                 counters: dict[str, VersionCounters]) -> None:
         self.raw = raw
         vh = raw["version_header"]
         self.vh_lower = vh.lower().encode("latin-1")
@@ -382,7 +457,10 @@ class _Route:
             pool = pools.get(key)
             if pool is None:
                 pool = pools[key] = _Pool()
-            return _Upstream(role, entry, pool, vh)
+            vc = counters.get(entry["version"])
+            if vc is None:
+                vc = counters[entry["version"]] = VersionCounters()
+            return _Upstream(role, entry, pool, vh, vc)
 
         self.stable = upstream("stable")
         self.canary = upstream("canary")
@@ -426,6 +504,51 @@ class _Conn:
         self.linger = False  # closing after an error answer: let the client read it first
 
 
+class _BadHead(Exception):
+    """A request head that cannot be a request: a line ending in a bare LF, or only empty lines."""
+
+
+def _head_buffered(reader: asyncio.StreamReader) -> bool:
+    """Is a whole request head already buffered? Then one readuntil reads it (nearly always the case);
+    `_proxy` still refuses a bare CR or LF inside it. `_buffer` is StreamReader's (private, stable since
+    3.4) bytearray; without it every head takes the line-by-line path of `_read_head`."""
+    buffered = getattr(reader, "_buffer", None)
+    return buffered is not None and buffered.find(b"\r\n\r\n", 0, HEAD_LIMIT) >= 0
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    """Read a request head line by line, up to and including the empty line.
+
+    Line by line so a head with bare-LF line endings is refused (`_BadHead`)
+    as soon as its first such line arrives, instead of waiting for a CRLF CRLF
+    that never comes. Empty lines before the request line are skipped (RFC
+    9112 2.2), a few of them. Raises IncompleteReadError (with what was read)
+    at EOF and LimitOverrunError past HEAD_LIMIT bytes, as readuntil does.
+    """
+    parts: list[bytes] = []
+    size = 0
+    skipped = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            raise asyncio.IncompleteReadError(b"".join(parts) + e.partial, None) from None
+        if line[-2:-1] != b"\r":
+            raise _BadHead("request head lines must end in CRLF (bare LF)")
+        if line == b"\r\n":
+            if parts:
+                parts.append(line)
+                return b"".join(parts)
+            skipped += 1
+            if skipped > 8:
+                raise _BadHead("empty lines instead of a request line")
+            continue
+        size += len(line)
+        if size > HEAD_LIMIT:
+            raise asyncio.LimitOverrunError("request head too large", size)
+        parts.append(line)
+
+
 def _simple_response(status: int, body: str, *, close: bool = True, extra: bytes = b"") -> bytes:
     data = body.encode("utf-8")
     head = (
@@ -459,12 +582,18 @@ class Router:
         config_path: str,
         upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        token: str,
+        allow_remote: bool = False,
     ) -> None:
         self.config_path = config_path
+        self._token = token.encode("utf-8")
+        self.token_file = ""  # where the token came from (for the ready file)
+        self.allow_remote = allow_remote
         self.upstream_timeout = upstream_timeout
         self.idle_timeout = idle_timeout
         self._pools: dict[tuple[str, int, str], _Pool] = {}
-        self._route = _Route(config, self._pools)
+        self._by_version: dict[str, VersionCounters] = {}  # kept for the router's life: counters only grow
+        self._route = _Route(config, self._pools, self._by_version)
         self._clients: set[_Conn] = set()
         self._closing = False
         self._forced = False  # the shutdown grace is over: in-flight requests get 503
@@ -475,6 +604,9 @@ class Router:
         self.started = time.time()
         self.port = 0
         self.admin_port = 0
+        self.canary_port = 0  # the canary-only listener (0: none)
+        self.n_pinned = 0
+        self.err_no_canary = 0
         # counters
         self.n_stable = 0
         self.n_canary = 0
@@ -486,7 +618,7 @@ class Router:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def start(self, host: str, port: int, admin_port: int) -> None:
+    async def start(self, host: str, port: int, admin_port: int, canary_port: int | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
         self._config_lock = asyncio.Lock()
@@ -499,6 +631,12 @@ class Router:
         self._servers = [proxy, admin]
         self.port = proxy.sockets[0].getsockname()[1]
         self.admin_port = admin.sockets[0].getsockname()[1]
+        if canary_port is not None:  # load for the canary alone, counted like the rest (fail closed)
+            pinned = await asyncio.start_server(
+                self._serve_pinned, host, canary_port, limit=HEAD_LIMIT, backlog=1024, reuse_address=True
+            )
+            self._servers.append(pinned)
+            self.canary_port = pinned.sockets[0].getsockname()[1]
         self._spawn(self._sweeper())
 
     def _spawn(self, coro: Any) -> None:
@@ -580,23 +718,27 @@ class Router:
         out = dict(self._route.raw)
         out["requests"] = {"stable": self.n_stable, "canary": self.n_canary}
         out["cohort_requests"] = self.n_cohort
+        out["pinned_requests"] = self.n_pinned
         out["errors"] = {
             "stable": self.err_stable,
             "canary": self.err_canary,
             "bad_request": self.err_bad_request,
             "aborted": self.err_aborted,
+            "no_canary": self.err_no_canary,
         }
+        out["versions"] = {name: vc.as_dict() for name, vc in self._by_version.items()}
         out["router"] = {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
             "config_file": os.path.abspath(self.config_path),
             "upstream_timeout_s": self.upstream_timeout,
+            "canary_port": self.canary_port,
         }
         return out
 
     def apply(self, config: dict[str, Any]) -> None:
         """Switch to a validated config; requests in flight keep the old route."""
-        route = _Route(config, self._pools)
+        route = _Route(config, self._pools, self._by_version)
         live = {id(route.stable.pool) if route.stable else 0, id(route.canary.pool) if route.canary else 0}
         for key, pool in list(self._pools.items()):
             if id(pool) not in live:
@@ -607,7 +749,12 @@ class Router:
 
     # ----------------------------------------------------------------- proxy
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_pinned(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve_client(reader, writer, pinned=True)
+
+    async def _serve_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pinned: bool = False
+    ) -> None:
         peer = writer.get_extra_info("peername")
         client_ip = (str(peer[0]) if peer else "unknown").encode("latin-1")
         conn = _Conn(writer)
@@ -617,11 +764,17 @@ class Router:
             while not self._closing:
                 conn.idle_since = time_()
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    if _head_buffered(reader):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    else:  # not all there yet (or bare LF): line by line, so a bare LF is answered at once
+                        head = await _read_head(reader)
                 except asyncio.IncompleteReadError as e:
                     if e.partial.strip():
                         self.err_bad_request += 1
                         writer.write(_simple_response(400, "bad request: incomplete request head\n"))
+                    return
+                except _BadHead as e:
+                    self._bad(conn, 400, str(e))
                     return
                 except asyncio.LimitOverrunError:
                     self.err_bad_request += 1
@@ -629,7 +782,7 @@ class Router:
                     conn.linger = True
                     return
                 conn.idle_since = 0.0
-                if not await self._proxy(head, reader, conn, client_ip):
+                if not await self._proxy(head, reader, conn, client_ip, pinned):
                     return
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _ClientGone):
             pass
@@ -649,7 +802,9 @@ class Router:
         conn.linger = True
         return False
 
-    async def _proxy(self, head: bytes, reader: asyncio.StreamReader, conn: _Conn, client_ip: bytes) -> bool:
+    async def _proxy(
+        self, head: bytes, reader: asyncio.StreamReader, conn: _Conn, client_ip: bytes, pinned: bool = False
+    ) -> bool:
         """Forward one request and its response; return whether the client connection stays open."""
         route = self._route
         writer = conn.writer
@@ -737,14 +892,24 @@ class Router:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
         # choose the version
-        if cohort_hit:
+        if pinned:  # the canary-only listener: never the weighted split
+            up = route.canary
+            if up is None:
+                self.err_no_canary += 1
+                writer.write(_simple_response(503, "503 Service Unavailable: no canary is deployed\n"))
+                conn.linger = True
+                return False
+            self.n_pinned += 1
+        elif cohort_hit:
             up = route.canary
             self.n_cohort += 1
         elif route.picker.pick():
             up = route.canary
         else:
             up = route.stable
-        if up is route.stable:
+        if pinned:
+            pass
+        elif up is route.stable:
             self.n_stable += 1
         else:
             self.n_canary += 1
@@ -775,6 +940,9 @@ class Router:
         timeout = self.upstream_timeout
         head_sent = False
         ur = uw = None
+        vc = up.counters
+        vc.routed += 1
+        vc.in_flight += 1
         try:
             conn.timed_out = False
             conn.deadline = loop.time() + timeout  # enforced by the sweeper
@@ -858,6 +1026,7 @@ class Router:
                 if rextra:
                     rout = _drop_named(rout, 1, rextra)
             if not has_version:
+                vc.no_header += 1
                 rout.append(up.version_line)
 
             if method == b"HEAD" or code == 204 or code == 304:
@@ -923,19 +1092,27 @@ class Router:
             if uw is not None:
                 uw.close()
             if isinstance(e, _ClientGone):
-                pass
+                vc.cancelled += 1
             elif isinstance(e, _BadClientBody):
+                vc.cancelled += 1
                 self._bad(conn, 400, "malformed chunked request body")
             elif head_sent:
+                vc.aborted += 1
                 self.err_aborted += 1
             elif self._forced:
+                vc.cancelled += 1
                 writer.write(_simple_response(503, "503 Service Unavailable: the router is shutting down\n"))
             elif conn.timed_out or isinstance(e, TimeoutError):
+                vc.timeout += 1
                 self._upstream_error(conn, up, 504, "did not answer within %gs" % timeout)
             else:
+                _count_failure(vc, e)
                 self._upstream_error(conn, up, 502, _describe(e))
             return False
+        finally:
+            vc.in_flight -= 1
 
+        vc.answered += 1
         conn.up = None
         conn.deadline = 0.0
         if up_keep:
@@ -960,7 +1137,10 @@ class Router:
         try:
             try:
                 async with asyncio.timeout(10.0):
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    try:
+                        head = await _read_head(reader)
+                    except _BadHead as e:
+                        return _admin_reply(writer, 400, {"error": str(e)})
                     lines = head.split(b"\r\n")
                     parts = lines[0].split(b" ")
                     if len(parts) != 3:
@@ -968,14 +1148,20 @@ class Router:
                     method = parts[0].decode("latin-1")
                     path = parts[1].decode("latin-1").split("?", 1)[0]
                     length = 0
+                    headers: dict[bytes, bytes] = {}
                     for line in lines[1:]:
                         name, _, value = line.partition(b":")
-                        if name.strip().lower() == b"content-length":
+                        lname = name.strip().lower()
+                        headers[lname] = value.strip()
+                        if lname == b"content-length":
                             if not value.strip().isdigit():
                                 return _admin_reply(writer, 400, {"error": "invalid Content-Length"})
                             length = int(value)
-                        elif name.strip().lower() == b"transfer-encoding":
+                        elif lname == b"transfer-encoding":
                             return _admin_reply(writer, 411, {"error": "send a Content-Length"})
+                    refused = self._admin_refusal(method, headers)
+                    if refused is not None:
+                        return _admin_reply(writer, *refused)
                     if length > ADMIN_BODY_MAX:
                         return _admin_reply(writer, 413, {"error": "body too large"})
                     body = await reader.readexactly(length) if length else b""
@@ -990,6 +1176,21 @@ class Router:
             _report_bug(e)
         finally:
             writer.close()
+
+    def _admin_refusal(self, method: str, headers: dict[bytes, bytes]) -> tuple[int, dict[str, Any]] | None:
+        """Why an admin request is refused (status, body), or None: a browser's request (it has an
+        Origin), no or a wrong token (constant-time compare), a body that is not declared JSON."""
+        if b"origin" in headers:
+            return 403, {"error": "cross-origin requests are refused"}
+        auth = headers.get(b"authorization", b"")
+        scheme, _, given = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
+            return 401, {"error": "the admin API needs the token of the router's --token-file (Authorization: Bearer ...)"}
+        if method in ("PUT", "POST"):
+            ctype = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+            if ctype != b"application/json":
+                return 415, {"error": "send the body as Content-Type: application/json"}
+        return None
 
     async def _admin(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if path == "/healthz":
@@ -1008,7 +1209,9 @@ class Router:
             assert self._config_lock is not None
             async with self._config_lock:
                 try:
-                    config = validate_config(raw, default_generation=self._route.raw["generation"] + 1)
+                    config = validate_config(
+                        raw, default_generation=self._route.raw["generation"] + 1, allow_remote=self.allow_remote
+                    )
                 except ConfigError as e:
                     return 400, {"error": str(e)}
                 if self._closing:
@@ -1161,6 +1364,16 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         pass
 
 
+def _count_failure(vc: VersionCounters, e: BaseException) -> None:
+    """Charge a failed request to its version under the kind of failure."""
+    if isinstance(e, ConnectionRefusedError):
+        vc.refused += 1
+    elif isinstance(e, _BadUpstream | asyncio.LimitOverrunError | ValueError):
+        vc.malformed += 1
+    else:  # reset, closed without a complete answer, other socket errors
+        vc.reset += 1
+
+
 def _describe(e: BaseException) -> str:
     if isinstance(e, ConnectionRefusedError):
         return "is unreachable (connection refused)"
@@ -1215,6 +1428,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--admin-port", type=int, required=True, help="admin API port on 127.0.0.1 (0: a free one)")
     p.add_argument("--config", required=True, help="JSON config file; rewritten on every PUT /config")
     p.add_argument("--ready-file", help="write {pid, port, admin_port} JSON here once listening")
+    p.add_argument(
+        "--token-file",
+        help="the admin API's token (created, random and owner-only, if missing); default: the config path + .token",
+    )
+    p.add_argument(
+        "--allow-remote-upstreams",
+        action="store_true",
+        help="let the config name non-loopback upstream hosts (the local backend never does)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="proxy address (default 127.0.0.1)")
     p.add_argument(
         "--upstream-timeout",
@@ -1223,20 +1445,26 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds an upstream may take to connect and answer (then 504), and between two body reads",
     )
     p.add_argument(
+        "--canary-port", type=int, default=None,
+        help="also listen here for load to the canary alone (0: a free one; default: no such listener)",
+    )
+    p.add_argument(
         "--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT, help="close idle client connections after this"
     )
     return p.parse_args(argv)
 
 
 async def _run(router: Router, args: argparse.Namespace) -> None:
-    await router.start(args.host, args.port, args.admin_port)
+    await router.start(args.host, args.port, args.admin_port, args.canary_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, router.request_shutdown)
     if args.ready_file:
         try:
             write_json_atomic(
-                args.ready_file, {"pid": os.getpid(), "port": router.port, "admin_port": router.admin_port}
+                args.ready_file,
+                {"pid": os.getpid(), "port": router.port, "admin_port": router.admin_port, "token_file": router.token_file,
+                 "canary_port": router.canary_port},
             )
         except OSError as e:
             print(f"router: cannot write the ready file {args.ready_file}: {e}", file=sys.stderr)
@@ -1246,13 +1474,37 @@ async def _run(router: Router, args: argparse.Namespace) -> None:
     await router.wait_done()
 
 
+def load_token(path: str) -> str:
+    """The admin token in `path`; a new random one (file created 0600, never replaced) if there is none."""
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    with open(path, encoding="ascii") as f:
+        token = f.read().strip()
+    if len(token) < 16:
+        raise ValueError(f"the token in {path} is too short (at least 16 characters)")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         with open(args.config, encoding="utf-8") as f:
-            config = validate_config(json.load(f))
+            config = validate_config(json.load(f), allow_remote=args.allow_remote_upstreams)
     except (OSError, ValueError) as e:  # ConfigError and JSONDecodeError are ValueErrors
         print(f"router: cannot use config {args.config}: {e}", file=sys.stderr)
+        return 2
+    token_file = args.token_file or args.config + ".token"
+    try:
+        token = load_token(token_file)
+    except (OSError, ValueError) as e:
+        print(f"router: cannot use token file {token_file}: {e}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # outlive the terminal that started it
     try:  # two sockets per proxied connection: use the hard limit on file descriptors
@@ -1264,8 +1516,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ImportError, ValueError, OSError):
         pass
     router = Router(
-        config, config_path=args.config, upstream_timeout=args.upstream_timeout, idle_timeout=args.idle_timeout
+        config,
+        config_path=args.config,
+        upstream_timeout=args.upstream_timeout,
+        idle_timeout=args.idle_timeout,
+        token=token,
+        allow_remote=args.allow_remote_upstreams,
     )
+    router.token_file = os.path.abspath(token_file)
     gc.set_threshold(10_000, 50, 50)  # fewer collections on the request path
     try:
         import uvloop  # type: ignore[import-not-found]

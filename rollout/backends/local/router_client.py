@@ -1,8 +1,14 @@
 """Talking to the local router's admin API (127.0.0.1:ADMIN_PORT) with httpx.
 
-    cfg = get_config(admin_port)             # config + live counters
-    cfg = put_config(admin_port, new_config) # persisted by the router, then applied
-    healthz(admin_port), shutdown(admin_port)
+    admin = AdminEndpoint(admin_port, token)  # token: the router's --token-file
+    cfg = get_config(admin)             # config + live counters
+    cfg = put_config(admin, new_config) # persisted by the router, then applied
+    healthz(admin), shutdown(admin)
+
+Every request carries ``Authorization: Bearer <token>`` and (with a body)
+``Content-Type: application/json``: the router refuses anything else (401/415),
+and any request with an ``Origin`` header (403), so neither another local user
+nor a web page in a local browser can steer it.
 
 Errors:
     RouterUnreachable  nothing answers on the admin port (not running, wrong
@@ -14,6 +20,7 @@ Both derive from RouterError, a BackendError (exit code 3 at the CLI).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,14 +46,26 @@ class ConfigRejected(RouterError):
         self.status = status
 
 
+@dataclass(frozen=True)
+class AdminEndpoint:
+    """Where the admin API listens and the token it requires."""
+
+    port: int
+    token: str
+
+    def __repr__(self) -> str:  # never print the token
+        return f"AdminEndpoint(port={self.port}, token=***)"
+
+
 def _url(admin_port: int, path: str) -> str:
     return f"http://127.0.0.1:{int(admin_port)}{path}"
 
 
-def _request(method: str, admin_port: int, path: str, timeout: float, body: Any = None) -> dict[str, Any]:
-    url = _url(admin_port, path)
+def _request(method: str, admin: AdminEndpoint, path: str, timeout: float, body: Any = None) -> dict[str, Any]:
+    url = _url(admin.port, path)
+    headers = {"Authorization": f"Bearer {admin.token}"}
     try:
-        response = httpx.request(method, url, json=body, timeout=timeout, trust_env=False)
+        response = httpx.request(method, url, json=body, headers=headers, timeout=timeout, trust_env=False)
     except httpx.TimeoutException as e:
         raise RouterUnreachable(
             f"the local router's admin API at {url} did not answer within {timeout:g}s ({type(e).__name__})",
@@ -78,21 +97,21 @@ def _request(method: str, admin_port: int, path: str, timeout: float, body: Any 
     )
 
 
-def get_config(admin_port: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+def get_config(admin: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """The router's current config plus live counters (requests, cohort_requests, errors, router)."""
-    return _request("GET", admin_port, "/config", timeout)
+    return _request("GET", admin, "/config", timeout)
 
 
-def put_config(admin_port: int, config: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+def put_config(admin: AdminEndpoint, config: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Replace the whole config; returns it as applied (with counters) once the router has persisted it."""
-    return _request("PUT", admin_port, "/config", timeout, config)
+    return _request("PUT", admin, "/config", timeout, config)
 
 
-def healthz(admin_port: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+def healthz(admin: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """{"ok": true, "pid": ..., "generation": ...} or RouterUnreachable."""
-    return _request("GET", admin_port, "/healthz", timeout)
+    return _request("GET", admin, "/healthz", timeout)
 
 
-def shutdown(admin_port: int, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+def shutdown(admin: AdminEndpoint, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Ask the router to exit gracefully (in-flight requests get up to 2 s)."""
-    return _request("POST", admin_port, "/shutdown", timeout)
+    return _request("POST", admin, "/shutdown", timeout, {})

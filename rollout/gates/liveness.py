@@ -1,0 +1,193 @@
+"""Is the canary serving at all? A critical check in every tick of a stage (fail closed).
+
+Gates weigh evidence about a canary that serves; this check catches one that
+cannot serve, where waiting for `min_requests` or a test's verdict would keep
+users on a broken version while nothing can be learnt. Evidence that the
+canary cannot serve fails the stage at once (it rolls back, never goes to
+review), whatever the gates' minimums:
+
+- **down**: the backend says the canary is gone: its process exited (local:
+  checked by the recorded pid and start time), its Deployment has no ready
+  pod (Kubernetes: readyReplicas 0 while replicas > 0);
+- **not answering**: over the last `window` seconds the router answered none
+  of the requests it sent to the canary (refused, reset, timed out, malformed,
+  or still waiting), with at least `min_routed` of them;
+- **not succeeding**: over the last `window` seconds none of the requests the
+  load generator charged to the canary succeeded (errors, a body that is not
+  what the locustfile or a json metric expects), with at least `min_requests`.
+
+Not blamed on the canary: the same silence from the stable version in the same
+window (something they share is down; the gates and health checks say so).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from rollout.gates.verdict import Status, Verdict
+from rollout.load.stats import StageStats
+
+NAME = "canary-alive"
+WINDOW_SECONDS = 3.0
+MIN_ROUTED = 3  # unanswered requests routed to the canary in the window: each waited up to `window`
+MIN_REQUESTS = 5  # failed requests charged to the canary by the load generator in the window
+TICK_SLACK = 0.25  # ticks drift a little past each second: a snapshot this much late still opens the window
+
+FAILURE_KINDS = ("refused", "reset", "timeout", "malformed", "aborted")
+
+
+@dataclass(frozen=True)
+class CanaryProbe:
+    """What a backend can tell about the canary right now (`Backend.canary_probe`).
+
+    `down`: why the canary cannot serve at all ("process 1234 exited with -9
+    (killed by SIGKILL)"), or None. `counters`: the router's cumulative
+    per-version counts (rollout.backends.local.router.VersionCounters, by
+    version name), or None when the backend's router cannot tell.
+    """
+
+    version: str | None
+    down: str | None = None
+    counters: dict[str, dict[str, int]] | None = None
+
+
+@dataclass
+class _Snapshot:
+    t: float
+    client: dict[str, tuple[int, int]]  # role -> (requests, failures), as the load generator charged them
+    router: dict[str, dict[str, int]] | None  # role -> the router's counters for that role's version
+
+
+def _delta(now: dict[str, int], then: dict[str, int] | None, key: str) -> int:
+    return int(now.get(key, 0)) - int((then or {}).get(key, 0))
+
+
+class CanaryLiveness:
+    """Fed every tick with the stage's statistics and a backend probe; says FAIL once the canary cannot serve."""
+
+    def __init__(self, canary: str | None, stable: str, window: float = WINDOW_SECONDS,
+                 min_routed: int = MIN_ROUTED, min_requests: int = MIN_REQUESTS) -> None:
+        self.canary, self.stable = canary, stable
+        self.window, self.min_routed, self.min_requests = window, min_routed, min_requests
+        self.snaps: deque[_Snapshot] = deque()
+        self.start_router: dict[str, dict[str, int]] | None = None
+        self.failed: Verdict | None = None
+
+    # -- feeding -----------------------------------------------------------
+
+    def _router_by_role(self, probe: CanaryProbe | None) -> dict[str, dict[str, int]] | None:
+        if probe is None or probe.counters is None:
+            return None
+        out = {}
+        for role, version in (("canary", self.canary), ("stable", self.stable)):
+            if version is not None:
+                out[role] = dict(probe.counters.get(version) or {})
+        return out
+
+    def observe(self, t: float, stats: StageStats, probe: CanaryProbe | None, final: bool = False) -> Verdict:
+        """Record this tick's numbers and judge; `t` is the stage's elapsed seconds."""
+        router = self._router_by_role(probe)
+        client = {role: (stats.role(role).requests, stats.role(role).failures) for role in ("canary", "stable")}
+        snap = _Snapshot(t, client, router)
+        if router is not None and self.start_router is None:
+            self.start_router = router
+        if router is not None and self.start_router is not None:  # what the router did during this stage, for the record
+            stats.router = {role: {k: _delta(c, self.start_router.get(role), k) for k in c if k != "in_flight"}
+                            | {"in_flight": int(c.get("in_flight", 0))} for role, c in router.items()}
+        self.snaps.append(snap)
+        while len(self.snaps) > 2 and self.snaps[1].t <= t - self.window + TICK_SLACK:
+            self.snaps.popleft()  # keep the newest snapshot that still opens a full window
+        if self.failed is not None:
+            return self.failed
+        verdict = self._judge(snap, stats, probe, final)
+        if verdict.status is Status.FAIL:
+            self.failed = verdict
+        return verdict
+
+    # -- judging -----------------------------------------------------------
+
+    def _base(self, now: _Snapshot) -> tuple[_Snapshot, bool]:
+        """The snapshot that opens the window, and whether the window is complete."""
+        base = self.snaps[0]
+        return base, base.t <= now.t - self.window + TICK_SLACK
+
+    def _router_window(self, base: _Snapshot, now: _Snapshot, role: str) -> tuple[int, int, dict[str, int]] | None:
+        """(requests the version could have answered in the window, answered, failures by kind) from the router."""
+        if now.router is None or base.router is None or role not in now.router:
+            return None
+        c1, c0 = now.router[role], base.router.get(role) or {}
+        could = int(c0.get("in_flight", 0)) + _delta(c1, c0, "routed")
+        kinds = {k: _delta(c1, c0, k) for k in FAILURE_KINDS if _delta(c1, c0, k)}
+        if c1.get("in_flight"):
+            kinds["still waiting"] = int(c1["in_flight"])
+        if _delta(c1, c0, "no_header"):
+            kinds["without the version header"] = _delta(c1, c0, "no_header")
+        return could, _delta(c1, c0, "answered"), kinds
+
+    def _client_window(self, base: _Snapshot, now: _Snapshot, role: str) -> tuple[int, int]:
+        (r1, f1), (r0, f0) = now.client[role], base.client[role]
+        return r1 - r0, f1 - f0
+
+    def _judge(self, now: _Snapshot, stats: StageStats, probe: CanaryProbe | None, final: bool) -> Verdict:
+        who = f"canary {self.canary}" if self.canary else "canary"
+        base, full = self._base(now)
+        span = now.t - base.t
+        router = self._router_window(base, now, "canary")
+        evidence = ""
+        if router is not None and router[0]:
+            could, answered, kinds = router
+            detail = ", ".join(f"{n} {k}" for k, n in kinds.items())
+            evidence = f"{answered} of {could} requests routed to it answered in {span:.0f} s" + (f" ({detail})" if detail else "")
+        if probe is not None and probe.down:
+            msg = f"{who} is down: {probe.down}" + (f"; {evidence}" if evidence else "")
+            return Verdict(NAME, Status.FAIL, msg, "canary", 0.0, None, router[0] if router else 0)
+        if full and router is not None:
+            could, answered, kinds = router
+            if answered == 0 and could >= self.min_routed and not self._stable_silent_too(base, now):
+                detail = ", ".join(f"{n} {k}" for k, n in kinds.items())
+                msg = f"{who} stopped answering: 0 of {could} requests routed to it answered in {span:.0f} s" + (f" ({detail})" if detail else "")
+                return Verdict(NAME, Status.FAIL, msg, "canary", 0.0, None, could)
+        if full:
+            n, failures = self._client_window(base, now, "canary")
+            if n >= self.min_requests and failures == n and not self._stable_failing_too(base, now):
+                last = stats.last_failure.get("canary", "")
+                msg = f"{who} stopped serving: 0 of {n} requests to it succeeded in {span:.0f} s" + (f"; last failure: {last}" if last else "")
+                if router is not None and router[2]:
+                    msg += " (router: " + ", ".join(f"{k} {v}" for k, v in router[2].items()) + ")"
+                return Verdict(NAME, Status.FAIL, msg, "canary", 0.0, None, n)
+        status = Status.PASS if final else Status.PENDING
+        if evidence:
+            msg = f"{who} answering: {evidence}"
+        else:
+            n, failures = self._client_window(base, now, "canary")
+            msg = f"{who} answering: {n - failures} of {n} requests to it succeeded in the last {span:.0f} s"
+        return Verdict(NAME, status, msg, "canary", None, None, router[0] if router else 0)
+
+    def describe(self, stats: StageStats) -> str:
+        """What happened to the canary's requests during the stage, when something went wrong with them:
+        appended to the reason of a stage that a gate failed first, so that the reason still names the fault."""
+        who = f"canary {self.canary}" if self.canary else "canary"
+        parts = []
+        c = stats.router.get("canary")
+        if c and c.get("routed"):
+            kinds = {k: c.get(k, 0) for k in FAILURE_KINDS if c.get(k)}
+            if c.get("in_flight"):
+                kinds["still waiting"] = c["in_flight"]
+            if c.get("no_header"):
+                kinds["without the version header"] = c["no_header"]
+            if kinds:
+                parts.append(f"{c.get('answered', 0)} of {c['routed']} requests routed to it answered ("
+                             + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
+        last = stats.last_failure.get("canary")
+        if last:
+            parts.append(f"last failure: {last}")
+        return f"{who} in this stage: " + "; ".join(parts) if parts else ""
+
+    def _stable_silent_too(self, base: _Snapshot, now: _Snapshot) -> bool:
+        got = self._router_window(base, now, "stable")
+        return got is not None and got[0] >= self.min_routed and got[1] == 0
+
+    def _stable_failing_too(self, base: _Snapshot, now: _Snapshot) -> bool:
+        n, failures = self._client_window(base, now, "stable")
+        return n >= self.min_requests and failures == n

@@ -1,0 +1,221 @@
+"""The canary-alive check (rollout.gates.liveness) on hand-made ticks, and the router counters it reads.
+
+The pure part feeds the check what the engine feeds it every second (the
+stage's statistics and a backend probe) and asserts when it fails and why.
+The router part runs the real router in front of tests/faulty_service.py and
+checks that every request sent to a version is counted for it, answered or not.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rollout.backends.local import processes as procs
+from rollout.backends.local import router_client
+from rollout.gates.liveness import CanaryLiveness, CanaryProbe
+from rollout.gates.verdict import Status
+from rollout.load.stats import StageStats
+from tests.test_router import ENV, cfg, free_port, start_router, stop, wait_http  # noqa: F401
+
+FAULTY = Path(__file__).resolve().parent / "faulty_service.py"
+
+
+def counters(routed: int = 0, answered: int = 0, in_flight: int = 0, **kinds: int) -> dict[str, int]:
+    return {"routed": routed, "answered": answered, "in_flight": in_flight, **kinds}
+
+
+class Feed:
+    """Drives one CanaryLiveness the way the engine does: a snapshot at 0 s, then one per tick."""
+
+    def __init__(self) -> None:
+        self.check = CanaryLiveness("v2", "v1")
+        self.stats = StageStats()
+        self.check.observe(0.0, self.stats, CanaryProbe("v2", None, {"v1": counters(), "v2": counters()}))
+
+    def tick(self, t: float, canary: dict[str, int], stable: dict[str, int] | None = None, down: str | None = None,
+             ok: int = 0, failed: int = 0, stable_ok: int = 0, stable_failed: int = 0) -> Any:
+        for role, good, bad in (("canary", ok, failed), ("stable", stable_ok, stable_failed)):
+            vs = self.stats.role(role)
+            for _ in range(good):
+                vs.add(5.0, False)
+            for _ in range(bad):
+                vs.add(5.0, True)
+        probe = CanaryProbe("v2", down, {"v1": stable or counters(), "v2": canary})
+        return self.check.observe(t, self.stats, probe)
+
+
+def test_a_hung_canary_fails_once_a_full_window_has_passed_without_an_answer() -> None:
+    f = Feed()
+    assert f.tick(1.0, counters(routed=10, in_flight=10)).status is Status.PENDING
+    assert f.tick(2.0, counters(routed=10, in_flight=10)).status is Status.PENDING  # not 3 s yet
+    v = f.tick(3.02, counters(routed=10, in_flight=10))
+    assert v.status is Status.FAIL and v.gate == "canary-alive"
+    assert v.message == "canary v2 stopped answering: 0 of 10 requests routed to it answered in 3 s (10 still waiting)"
+    assert f.tick(4.0, counters(routed=10, answered=10)).status is Status.FAIL  # a failed canary stays failed
+
+
+def test_refused_and_reset_requests_are_named_in_the_reason() -> None:
+    f = Feed()
+    f.tick(1.0, counters(routed=40, refused=40))
+    f.tick(2.0, counters(routed=80, refused=60, reset=20))
+    v = f.tick(3.0, counters(routed=120, refused=90, reset=30))
+    assert v.status is Status.FAIL and "0 of 120 requests routed to it answered in 3 s (90 refused, 30 reset)" in v.message
+
+
+def test_one_answer_in_the_window_keeps_it_alive_and_old_silence_does_not_count() -> None:
+    f = Feed()
+    f.tick(1.0, counters(routed=10, answered=1, in_flight=9))
+    f.tick(2.0, counters(routed=10, answered=1, in_flight=9))
+    assert f.tick(3.0, counters(routed=10, answered=1, in_flight=9)).status is Status.PENDING  # answered at 1 s
+    v = f.tick(4.0, counters(routed=10, answered=1, in_flight=9))  # window 1..4 s: nothing answered
+    assert v.status is Status.FAIL and "0 of 9 requests" in v.message
+
+
+def test_too_few_requests_are_no_evidence_and_a_slow_healthy_canary_is_not_failed() -> None:
+    f = Feed()
+    for t in (1.0, 2.0, 3.0, 4.0):
+        assert f.tick(t, counters(routed=2, in_flight=2)).status is Status.PENDING  # below MIN_ROUTED
+    g = Feed()  # 400 ms answers: each second some come back
+    for t in range(1, 11):
+        v = g.tick(float(t), counters(routed=30 * t, answered=30 * t - 12, in_flight=12), ok=30)
+        assert v.status is Status.PENDING, v.message
+    final = g.check.observe(10.5, g.stats, CanaryProbe("v2", None, {"v1": counters(), "v2": counters(routed=300, answered=300)}), final=True)
+    assert final.status is Status.PASS
+
+
+def test_stable_silent_too_is_not_the_canarys_fault() -> None:
+    f = Feed()
+    for t in (1.0, 2.0, 3.0):
+        v = f.tick(t, counters(routed=10 * t, in_flight=10 * t), stable=counters(routed=90 * t, in_flight=90 * t))
+    assert v.status is Status.PENDING
+
+
+def test_every_request_failing_at_the_client_fails_it_unless_stable_fails_as_much() -> None:
+    f = Feed()
+    f.stats.last_failure["canary"] = "CatchResponseError: the answer is not JSON"
+    for t in (1.0, 2.0):
+        f.tick(t, counters(routed=20 * t, answered=20 * t), failed=20, stable_ok=100)
+    v = f.tick(3.0, counters(routed=60, answered=60), failed=20, stable_ok=100)
+    assert v.status is Status.FAIL
+    assert v.message == "canary v2 stopped serving: 0 of 60 requests to it succeeded in 3 s; last failure: CatchResponseError: the answer is not JSON"
+    g = Feed()
+    for t in (1.0, 2.0, 3.0):
+        v = g.tick(t, counters(routed=20 * t, answered=20 * t), failed=20, stable_failed=50)
+    assert v.status is Status.PENDING  # everything fails: a shared dependency, not the canary (gates and review say so)
+    h = Feed()
+    for t in (1.0, 2.0, 3.0):
+        v = h.tick(t, counters(routed=20 * t, answered=20 * t), failed=19, ok=1, stable_ok=100)
+    assert v.status is Status.PENDING  # one success in the window: evidence for the gates, not for this check
+
+
+def test_a_canary_reported_down_fails_at_once_with_the_backends_words() -> None:
+    f = Feed()
+    v = f.tick(1.0, counters(routed=30, answered=20, refused=10), down="process 1234 exited with -9 (killed by SIGKILL)")
+    assert v.status is Status.FAIL
+    assert v.message == "canary v2 is down: process 1234 exited with -9 (killed by SIGKILL); 20 of 30 requests routed to it answered in 1 s (10 refused)"
+
+
+def test_without_router_counters_only_the_client_view_and_down_count() -> None:
+    check = CanaryLiveness("v2", "v1")
+    stats = StageStats()
+    check.observe(0.0, stats, None)
+    for t in (1.0, 2.0, 3.0):
+        v = check.observe(t, stats, CanaryProbe("v2"))  # no traffic seen: nothing to say
+    assert v.status is Status.PENDING
+    v = check.observe(4.0, stats, CanaryProbe("v2", "Deployment apps/answer-canary has 0 of 2 pods ready"))
+    assert v.status is Status.FAIL and "Deployment apps/answer-canary has 0 of 2 pods ready" in v.message
+
+
+def test_exit_description_of_a_child_killed_by_sigkill() -> None:
+    marker = f"rollout-test-liveness-{time.time_ns()}"
+    log = Path("/tmp") / f"{marker}.log"
+    proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], Path.cwd(), log, {}, marker)
+    rec = procs.record(proc, 0, "v2", "sleep", log, marker)
+    assert procs.is_alive(rec)
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while procs.is_alive(rec) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not procs.is_alive(rec)
+    assert procs.exit_description(rec) == f"process {proc.pid} exited with -9 (killed by SIGKILL)"
+    stranger = procs.ProcRecord(pid=proc.pid + 10_000_000, start_ticks=1, port=0, version="v2", command="x", log="", marker=marker)
+    assert "exit status unknown" in procs.exit_description(stranger)
+
+
+# --------------------------------------------------------------------------- the router's per-version counters
+
+
+@pytest.fixture(scope="module")
+def faulty_services() -> Any:
+    """One faulty canary per mode; yields {mode: port}."""
+    started: list[subprocess.Popen[bytes]] = []
+    ports: dict[str, int] = {}
+    try:
+        for mode in ("hang", "reset", "raw", "unlabelled"):
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, str(FAULTY), "--port", str(port), "--version", mode, "--fault", mode, "--latency", "0"],
+                                    env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            started.append(proc)
+            ports[mode] = port
+        for proc, port in zip(started, ports.values()):
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        yield ports
+    finally:
+        for proc in started:
+            stop(proc)
+
+
+def test_the_router_counts_every_request_for_its_version_answered_or_not(start_router: Any, faulty_services: dict[str, int]) -> None:
+    closed = free_port()
+    r = start_router(cfg(faulty_services["unlabelled"], closed, weight=0.0), "--canary-port", "0", "--upstream-timeout", "1.5")
+    canary_url = f"http://127.0.0.1:{r.ready['canary_port']}"
+    versions = lambda: router_client.get_config(r.admin)["versions"]  # noqa: E731
+
+    def through_canary_listener(mode: str, port: int, n: int = 2) -> list[httpx.Response]:
+        router_client.put_config(r.admin, {**cfg(faulty_services["unlabelled"]), "canary": {"version": mode, "port": port}})
+        with httpx.Client(base_url=canary_url, timeout=10, trust_env=False) as c:
+            return [c.get("/api/answer") for _ in range(n)]
+
+    for resp in through_canary_listener("refusing", closed):
+        assert resp.status_code == 502 and resp.headers["x-version"] == "refusing"
+    for mode in ("reset", "raw"):
+        for resp in through_canary_listener(mode, faulty_services[mode]):
+            assert resp.status_code == 502 and resp.headers["x-version"] == mode
+    for resp in through_canary_listener("unlabelled", faulty_services["unlabelled"]):
+        assert resp.status_code == 200 and resp.headers["x-version"] == "unlabelled"  # labelled by the router
+
+    # a hung request is in flight (routed, not answered) until the upstream timeout
+    router_client.put_config(r.admin, {**cfg(faulty_services["unlabelled"]), "canary": {"version": "hang", "port": faulty_services["hang"]}})
+    got: list[int] = []
+    t = threading.Thread(target=lambda: got.append(httpx.get(canary_url + "/api/answer", timeout=10, trust_env=False).status_code))
+    t.start()
+    deadline = time.monotonic() + 5
+    while versions().get("hang", {}).get("in_flight") != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert versions()["hang"] == {**versions()["hang"], "routed": 1, "answered": 0, "in_flight": 1}
+    t.join(15)
+    assert got == [504]
+
+    v = versions()
+    assert v["refusing"]["routed"] == 2 and v["refusing"]["refused"] == 2 and v["refusing"]["answered"] == 0
+    assert v["reset"]["routed"] == 2 and v["reset"]["reset"] == 2 and v["reset"]["answered"] == 0
+    assert v["raw"]["routed"] == 2 and v["raw"]["malformed"] + v["raw"]["reset"] == 2 and v["raw"]["answered"] == 0
+    assert v["hang"] == {**v["hang"], "routed": 1, "timeout": 1, "in_flight": 0, "answered": 0}
+    assert v["unlabelled"]["answered"] == 2 and v["unlabelled"]["no_header"] == 2
+    cfg_now = router_client.get_config(r.admin)
+    assert cfg_now["pinned_requests"] == 9 and cfg_now["requests"] == {"stable": 0, "canary": 0}  # outside the split
+
+
+def test_the_canary_listener_without_a_canary_answers_503(start_router: Any, faulty_services: dict[str, int]) -> None:
+    r = start_router(cfg(faulty_services["unlabelled"]), "--canary-port", "0")
+    resp = httpx.get(f"http://127.0.0.1:{r.ready['canary_port']}/api/answer", timeout=10, trust_env=False)
+    assert resp.status_code == 503 and "no canary" in resp.text
+    assert router_client.get_config(r.admin)["errors"]["no_canary"] == 1
