@@ -20,6 +20,8 @@ try:  # recent typer vendors its own click; its usage errors derive from this
 except ImportError:  # pragma: no cover
     from click import ClickException  # type: ignore[no-redef]
 
+from rollout.plan.names import printable
+from rollout.plan.limits import MAX_USERS, MAX_WORKERS
 from rollout.errors import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -79,7 +81,7 @@ MarkdownOpt = Annotated[Optional[str], typer.Option("--markdown", help="write a 
 HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-contained HTML file with plots", metavar="FILE")]
 TagsOpt = Annotated[Optional[list[str]], typer.Option("--tags", help="run only tasks with this @tag (repeatable; overrides load.tags), as `locust --tags`", metavar="TAG")]
 ExcludeTagsOpt = Annotated[Optional[list[str]], typer.Option("--exclude-tags", help="skip tasks with this @tag (repeatable; overrides load.exclude_tags)", metavar="TAG")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, max=MAX_WORKERS, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
@@ -155,8 +157,11 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
         if request.images:
             backend.set_images(*request.images)
 
+    from rollout.probe import probe  # commands that run load probe their targets before the first stage
+
     def make_engine() -> Any:
-        engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner)
+        engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner,
+                        probe=probe if with_load else None)
         engine.state.plan_info = factory.plan_info(loaded)  # saved with the engine's first write (for `rollout list`)
         return engine
 
@@ -166,7 +171,7 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
 def _finish(outcome: Any) -> int:
     stream = sys.stdout
     mark = {"promoted": "✔", "rolled-back": "✘", "paused": "⏸", "awaiting-review": "⏸", "stage-passed": "✔"}.get(outcome.kind, "•")
-    print(f"{mark} {outcome.kind}: {outcome.message}", file=stream)
+    print(f"{mark} {outcome.kind}: {printable(outcome.message)}", file=stream)  # reasons may hold --reason text
     return int(outcome.exit_code)
 
 
@@ -197,11 +202,19 @@ def validate(plan: PlanArg, output: OutputOpt = Output.text) -> int:
                 return EXIT_BAD_INPUT
             raise exc
     if output is Output.json:
-        print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan)}, indent=2))
+        print(json.dumps({"valid": True, "file": plan, "plan": plan_dict(loaded.plan),
+                          "warnings": [w.as_dict() for w in loaded.warnings]}, indent=2))
     else:
+        _warn(loaded)
         print(plan_tables(loaded.plan))
-        print(f"\n✔ {plan} is a valid plan")
+        print(f"\n✔ {printable(plan)} is a valid plan" + (f" ({len(loaded.warnings)} warning(s) above)" if loaded.warnings else ""))
     return EXIT_OK
+
+
+def _warn(loaded: Any) -> None:
+    """A valid plan's likely mistakes (rollout.plan.loader.plan_warnings), on stderr."""
+    for w in loaded.warnings:
+        print(f"Warning: {printable(w.render())}", file=sys.stderr)
 
 
 @app.command()
@@ -319,6 +332,7 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
             request.check(early, factory.make_store(early, state_dir).load())
     loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn,
                                          request=request if prepare is None else None)
+    _warn(loaded)
     if loaded.plan.load.runner == "kubernetes":
         from rollout.errors import UsageError
 
@@ -662,7 +676,7 @@ def history(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirO
     elif state is None or not state.past:
         print(f"No finished rollout of `{loaded.plan.name}` recorded yet.")
     else:
-        print(outcome_table(state, len(loaded.plan.stages)))
+        print(printable(outcome_table(state, len(loaded.plan.stages)), keep_newlines=True))
     return EXIT_OK
 
 
@@ -882,11 +896,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = EXIT_BAD_INPUT
     except PlanInvalid as exc:
         for issue in exc.issues:
-            print(issue.render(), file=sys.stderr)
-        print(exc.render(), file=sys.stderr)
+            print(printable(issue.render()), file=sys.stderr)
+        print(printable(exc.render()), file=sys.stderr)
         code = exc.exit_code
     except RolloutError as exc:
-        print(exc.render(), file=sys.stderr)
+        print(printable(exc.render(), keep_newlines=True), file=sys.stderr)
         code = exc.exit_code
     except (KeyboardInterrupt, Interrupted) as exc:
         detail = getattr(exc, "detail", "") or "the state records where it stopped"
@@ -898,7 +912,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         import os
         import traceback
 
-        print(f"Error: internal error {type(exc).__name__}: {exc} — this is a bug in rollout; "
+        print(f"Error: internal error {type(exc).__name__}: {printable(exc)} — this is a bug in rollout; "
               "rerun with ROLLOUT_DEBUG=1 for the trace and report it", file=sys.stderr)
         if os.environ.get("ROLLOUT_DEBUG"):
             traceback.print_exc()

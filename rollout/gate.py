@@ -34,17 +34,19 @@ the CLI imports it first, before anything that imports ssl.
 
 from __future__ import annotations
 
+import math
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, InfraError, UsageError
+from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, UsageError
+from rollout.plan.limits import INT32_MAX, MAX_USERS, MAX_WORKERS
 from rollout.plan.model import Gate
+from rollout.probe import PROBE_TIMEOUT, host_port
+from rollout.probe import probe as _probe
 from rollout.plan.units import (
     fmt_duration,
     parse_duration,
@@ -52,7 +54,6 @@ from rollout.plan.units import (
     parse_percent,
 )
 
-PROBE_TIMEOUT = 3.0
 METRIC_ALIASES = {"errors": "error_rate", "error_rate": "error_rate", "error-rate": "error_rate", "p50": "p50", "p90": "p90", "p95": "p95", "p99": "p99"}
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(<=|<|≤)\s*(\S.*?)\s*$")
 EXAMPLES = "such as 'p95<300ms' or 'errors<1%'"
@@ -93,38 +94,12 @@ def parse_gates(exprs: list[str], min_requests: int) -> dict[str, Gate]:
 
 
 def check_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--host {url!r} is not an http(s) URL", "give the target as http://HOST:PORT or https://HOST")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise UsageError(f"--host {url!r} has an invalid port", "give the target as http://HOST:PORT") from None
-    return parts.hostname, port
+    return host_port(url, "--host")
 
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     """A TCP connect to the target, bounded in time: unreachable is exit 3 within seconds, before any load."""
-    host, port = check_url(url)
-    t0 = time.monotonic()
-    try:
-        import gevent  # under gevent (the CLI imports locust first) the name lookup is bounded too
-
-        bound: Any = gevent.Timeout(timeout + 2.0, TimeoutError(f"no answer within {timeout + 2.0:g}s"))
-    except ImportError:  # pragma: no cover
-        import contextlib
-
-        bound = contextlib.nullcontext()
-    try:
-        with bound, socket.create_connection((host, port), timeout=timeout):
-            return
-    except OSError as exc:  # refused, timed out, no route, unknown name
-        took = time.monotonic() - t0
-        why = "timed out" if isinstance(exc, TimeoutError | socket.timeout) else (exc.strerror or str(exc) or type(exc).__name__)
-        raise InfraError(
-            f"target {url} is unreachable: {why} ({host}:{port}, after {took:.1f}s)",
-            "check that the service is up and the URL (--host or load.host) is right; no load was run",
-        ) from None
+    _probe(url, timeout, "target", "check that the service is up and the URL (--host or load.host) is right; no load was run")
 
 
 def version_of(url: str, header: str, timeout: float = PROBE_TIMEOUT) -> str | None:
@@ -207,7 +182,7 @@ def resolve(
             raise UsageError(f"{plan_path}: the plan has no load.host and no --host was given", "give the candidate's URL with --host")
         lf = Path(locustfile) if locustfile else loaded.resolve(plan.load.locustfile)
         users = users or plan.load.users
-        spawn = spawn_rate or plan.load.spawn_rate or float(users)
+        spawn = spawn_rate if spawn_rate is not None else (plan.load.spawn_rate or float(users))
         pre = next((i for i, s in enumerate(plan.stages) if s.load_to == "canary"), 0)
         dur = plan.stages[pre].duration if duration is None else _duration(duration)
         plan_shape = plan.stage_shape(pre)
@@ -244,7 +219,7 @@ def resolve(
         assert host and locustfile and duration
         lf = Path(locustfile)
         users = users or 10
-        spawn = spawn_rate or float(users)
+        spawn = spawn_rate if spawn_rate is not None else float(users)
         dur = _duration(duration)
         header, roles, max_requests, plan_workers = "X-Version", {}, None, 0
     if version_header is not None:  # --version-header wins over the plan's load.version_header
@@ -274,13 +249,20 @@ def resolve(
         base = load_baseline(baseline, lf)
     if users < 1:
         raise UsageError(f"--users {users}: at least 1 user", "give --users N with N ≥ 1")
+    if users > MAX_USERS:  # the plan's own cap (load.users): 10,000,000 users would exhaust memory
+        raise UsageError(f"--users {users:,}: at most {MAX_USERS:,} users", f"give --users N with 1 ≤ N ≤ {MAX_USERS:,} (more load: --workers)")
+    if not math.isfinite(spawn) or spawn <= 0 or spawn > MAX_USERS:
+        raise UsageError(f"--spawn-rate {spawn_rate}: users started per second must be a finite number > 0 and at most {MAX_USERS:,}",
+                         "give --spawn-rate such as 10 (or leave it out: all users at once)")
+    if min_requests > INT32_MAX:
+        raise UsageError(f"--min-requests {min_requests}: at most {INT32_MAX:,}", "give --min-requests such as 100")
     if dur <= 0:
         raise UsageError(f"--duration {duration}: the load must run for some time", "give --duration such as 30s or 2m")
     if not gates:
         raise UsageError("no gate can judge this run" + (f" (skipped: {', '.join(skipped)})" if skipped else ""), "add --gate 'p95<300ms' or absolute gates to the plan")
     n_workers = plan_workers if workers is None else workers
-    if n_workers < 0:
-        raise UsageError(f"--workers {n_workers}: not a number of processes", "give --workers N with N ≥ 0 (0: load in this process)")
+    if n_workers < 0 or n_workers > MAX_WORKERS:
+        raise UsageError(f"--workers {n_workers}: not a number of processes", f"give --workers N with 0 ≤ N ≤ {MAX_WORKERS} (0: load in this process)")
     return GateSetup(
         host=host.rstrip("/"), locustfile=lf, users=users, spawn_rate=spawn, duration=dur, gates=gates, skipped=skipped,
         version_header=header, roles=roles, max_requests=max_requests, plan=loaded, workers=n_workers,
@@ -312,10 +294,10 @@ def _auto_shape(setup: GateSetup) -> None:
 
 
 def _duration(text: str) -> float:
-    try:
+    try:  # the plan's parser: finite (no nan/inf) and at most a year
         return parse_duration(text.strip())
-    except ValueError:
-        raise UsageError(f"--duration {text!r} is not a duration", "expected a duration such as 30s, 5m or 1h") from None
+    except ValueError as exc:
+        raise UsageError(f"--duration {text!r} is not a duration: expected {exc}", "give a duration such as 30s, 5m or 1h") from None
 
 
 class _Progress:

@@ -13,6 +13,20 @@ def state_dir(loaded: LoadedPlan, override: str | None = None) -> Path:
     """Where the local backend keeps a plan's state: --state-dir, $ROLLOUT_STATE_DIR, or .rollout beside the plan."""
     root = override or os.environ.get("ROLLOUT_STATE_DIR")
     base = Path(root) if root else loaded.base_dir / ".rollout"
+    if root:  # `--state-dir /dev/null`: a flag's mistake (exit 2), found before anything reads or starts
+        from rollout.errors import UsageError
+        from rollout.plan.names import printable
+
+        flag = "--state-dir" if override else "$ROLLOUT_STATE_DIR"
+        try:
+            for p in (base, *base.parents):  # the nearest existing ancestor must be a directory
+                if p.exists():
+                    if not p.is_dir():
+                        raise UsageError(f"{flag} {printable(root)}: {printable(p)} exists and is not a directory",
+                                         "give a directory (it is created when missing)")
+                    break
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{flag} {printable(root)} cannot be used: {printable(exc)}", "give a directory") from None
     return base / loaded.plan.name
 
 

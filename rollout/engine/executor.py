@@ -88,6 +88,7 @@ class Engine:
         load_runner: LoadRunner | None = None,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        probe: Callable[..., None] | None = None,
     ) -> None:
         self.loaded = loaded
         self.plan = loaded.plan
@@ -96,6 +97,7 @@ class Engine:
         self.out = reporter
         self.who = who
         self.load_runner = load_runner
+        self.probe = probe  # rollout.probe.probe from the CLI; None: no probe (tests whose load is simulated)
         self.tags: list[str] | None = None  # --tags / --exclude-tags on run/advance (over load.tags)
         self.exclude_tags: list[str] | None = None
         self.clock = clock
@@ -210,6 +212,8 @@ class Engine:
                     self.save()
                     return Outcome("stage-passed", f"stage {k - 1} passed; next: stage {k} `{nxt.name}` (`rollout advance`)")
                 assert action.stage is not None
+                if not stages_run:
+                    self._probe_targets(action.stage)
                 result = self._run_stage(action.stage)
                 stages_run += 1
                 if result == "request":
@@ -249,6 +253,31 @@ class Engine:
         self.backend.deploy_canary(st, version)
         self._audit("deployed", f"canary {version} is up and healthy, serving no users yet")
         self.save()
+
+    def _probe_targets(self, first: int) -> None:
+        """Before the first stage of this command: can the load reach where it will go?
+
+        The backend is ensured and the canary deployed by now. An entry point or a
+        canary URL that does not accept a connection is an infrastructure failure
+        (exit 3, with the URL), found in seconds: a stage loading it would only end
+        in review with "0 requests". Traffic is not touched; the state says where it stopped.
+        """
+        if self.probe is None:
+            return
+        wanted = {s.load_to for s in self.plan.stages[first:]}
+        urls = []
+        if "entry" in wanted:
+            urls.append(("entry point", self.backend.entry_url(self.state)))
+        if "canary" in wanted and self.state.canary_version:
+            urls.append(("canary URL", self.backend.canary_url(self.state)))
+        for what, url in urls:
+            try:
+                self.probe(url, what=what, hint="check that it is up and the plan's URL is right (target.entry_url, target.canary_url, "
+                      "load.host); no stage ran: `rollout run` again once it answers, or `rollout revert`")
+            except Exception as exc:
+                self._audit("unreachable", getattr(exc, "what", str(exc)))
+                self.save()
+                raise
 
     def _pause(self, action: Action) -> None:
         if self.state.phase is not Phase.PAUSED:

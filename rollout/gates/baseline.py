@@ -145,8 +145,15 @@ def parse_baseline_gate(expr: str, min_requests: int) -> tuple[str, Gate]:
     if metric != "error_rate" and not inc > 0:
         raise UsageError(f"--baseline-gate {expr!r}: the increase must be above 0 %", "nothing is ever credibly below +0 %")
     name = f"{'errors' if metric == 'error_rate' else metric}<+{amount}{'pt' if metric == 'error_rate' else '%'} vs baseline"
-    return name, Gate(metric=metric, compare="stable", max_increase=f"{amount}%", method="sequential", alpha=DEFAULT_ALPHA,
-                      min_requests=min_requests)
+    from pydantic import ValidationError
+
+    try:  # the plan's own rules (a finite increase, at most 100 %): a flag never reaches "internal error"
+        gate = Gate(metric=metric, compare="stable", max_increase=f"{amount}%", method="sequential", alpha=DEFAULT_ALPHA,
+                    min_requests=min_requests)
+    except ValidationError as exc:
+        why = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise UsageError(f"--baseline-gate {expr!r}: expected {why}", f"write it {EXAMPLES}") from None
+    return name, gate
 
 
 class _ErrorsVsBaseline:

@@ -152,7 +152,7 @@ class Webhook(BaseModel):
     """A webhook alerted when the rollout changes: a generic JSON payload or a Slack-compatible one."""
 
     # the plan's `Strict` style (rollout.plan.model imports this module, so it is not imported here)
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     url: Annotated[
         SecretUrl,

@@ -5,12 +5,25 @@ the plain data and a map from field path to line side by side, validate the
 data with the models, then check what the models cannot see (cross
 references, files that must exist). Every problem becomes a PlanIssue with
 file, line, path, what was found and what is expected.
+
+Safe by construction, whatever the file holds (a plan may come from a pull
+request): only a regular file is read (a FIFO, a device such as /dev/zero or a
+directory is refused from its `stat`, and it is opened non-blocking so a file
+swapped for a FIFO cannot hang the read), at most MAX_PLAN_BYTES of it;
+nesting deeper than MAX_DEPTH, or more than MAX_NODES values, is refused while
+the YAML is composed (before Python's recursion limit could be reached); aliases are allowed but the
+document they expand to is measured first, in time linear in the file, and
+refused above MAX_NODES values or when an alias refers to itself (a "billion
+laughs" file is refused in milliseconds, with the line of its first alias);
+every reader, scanner, parser, composer and constructor error becomes a plan
+error with its line. No input reaches "internal error".
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import stat
 import types
 import typing
 from dataclasses import dataclass
@@ -21,9 +34,17 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from rollout.errors import PlanInvalid, PlanIssue
-from rollout.plan.model import Plan
+from rollout.plan import names
+from rollout.plan.names import printable
+from rollout.plan.model import LocalTarget, Plan
 
 Loc = tuple[str | int, ...]
+
+MAX_PLAN_BYTES = 256 * 1024  # a plan is a few KB; the largest example is ~3 KB
+MAX_DEPTH = 64  # mappings and lists nested in each other (a plan needs 6)
+MAX_NODES = 10_000  # values in the document, also once aliases are expanded (the example plan has ~110)
+# fields whose text may span lines (YAML block scalars); everywhere else a control character is an error
+MULTILINE_FIELDS = ("description", "query", "command", "bad", "total")  # PromQL may be a block scalar
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,7 @@ class LoadedPlan:
 
     plan: Plan
     path: Path
+    warnings: tuple[PlanIssue, ...] = ()  # valid, but probably not meant (printed by `validate`, `run`, `advance`)
 
     @property
     def base_dir(self) -> Path:
@@ -50,37 +72,140 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.first_line = key, line, first_line
 
 
+class _Refused(Exception):
+    """A document the loader will not build (too deep, too big once expanded, a bad value): one located issue."""
+
+    def __init__(self, line: int | None, found: str, expected: str) -> None:
+        self.line, self.found, self.expected = line, found, expected
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the nesting bounded while it composes (its composer is recursive)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Refused(mark.line + 1, f"values nested more than {MAX_DEPTH} levels deep",
+                               f"a plan nested at most {MAX_DEPTH} levels")
+            if self._nodes > MAX_NODES:  # stop composing at once: pure-Python YAML costs ~10 µs a token
+                mark = self.peek_event().start_mark
+                raise _Refused(mark.line + 1, f"more than {MAX_NODES:,} values",
+                               "a plan of a reasonable size (a plan has a few hundred values)")
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _measure(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand too far or refer to themselves, before building it.
+
+    Each distinct node is visited once (memoised, iteratively: no recursion), so a
+    billion-laughs file costs as much as its text; the expanded size and depth are
+    computed, not produced.
+    """
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    grey: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        kids = _children(node)
+        if done:
+            grey.discard(nid)
+            size[nid] = min(MAX_NODES + 1, 1 + sum(size[id(k)] for k in kids))
+            depth[nid] = min(MAX_DEPTH + 1, 1 + max((depth[id(k)] for k in kids), default=0))
+            if size[nid] > MAX_NODES:
+                raise _Refused(_line(node), f"more than {MAX_NODES:,} values once its aliases (*name) are expanded",
+                               "a plan of a reasonable size: fewer aliases, or write the values out")
+            if depth[nid] > MAX_DEPTH:
+                raise _Refused(_line(node), f"values nested more than {MAX_DEPTH} levels deep once aliases are expanded",
+                               f"a plan nested at most {MAX_DEPTH} levels")
+            continue
+        if nid in size:
+            continue
+        if nid in grey:
+            raise _Refused(_line(node), "an alias that refers to the value it is part of (a recursive anchor)",
+                           "aliases (*name) only to values defined before and outside them")
+        grey.add(nid)
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) not in size:
+                if id(kid) in grey:
+                    raise _Refused(_line(kid), "an alias that refers to the value it is part of (a recursive anchor)",
+                                   "aliases (*name) only to values defined before and outside them")
+                stack.append((kid, False))
+
+
+def _construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    """One scalar (or complex key): a value PyYAML cannot build (a 5,000-digit int, 2024-13-45) is a located error."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.MarkedYAMLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise anything on odd input (`!!timestamp x`: AttributeError)
+        raise _Refused(_line(node), f"a value YAML cannot read: {names.printable(str(exc).split(';')[0])[:120]}", "a valid YAML value") from None
+
+
 def _build(node: yaml.Node, loader: yaml.SafeLoader, loc: Loc, lines: dict[Loc, int]) -> Any:
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+        own = sum(1 for k, _v in node.value if k.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # merged pairs (`<<: *base`) first, then the mapping's own
+        merged = len(node.value) - own
         out: dict[Any, Any] = {}
         seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+        for n, (key_node, value_node) in enumerate(node.value):
+            key = _construct(loader, key_node)
             if not isinstance(key, str | int | float | bool) and key is not None:
                 key = str(key)
             line = key_node.start_mark.line + 1
-            if key in seen:
+            if key in seen and n >= merged and seen[key] >= 0:  # a merged key may be overridden, an own key not repeated
                 raise _DuplicateKey(key, line, seen[key])
-            seen[key] = line
+            seen[key] = line if n >= merged else -1
             child: Loc = (*loc, key if isinstance(key, str | int) else str(key))
             lines[child] = line
             out[key] = _build(value_node, loader, child, lines)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, loader, (*loc, i), lines) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return _construct(loader, node)
+
+
+def _invalid(file: str, line: int | None, found: str, expected: str) -> PlanInvalid:
+    return PlanInvalid(file, [PlanIssue(file, line, "", found, expected)])
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
-    """YAML text → (data, {path: line}); a syntax error becomes a PlanInvalid with its line."""
-    loader = yaml.SafeLoader(text)
+    """YAML text → (data, {path: line}); every problem becomes a PlanInvalid with its line."""
     lines: dict[Loc, int] = {}
+    loader: _PlanLoader | None = None
     try:
+        loader = _PlanLoader(text)  # its reader refuses a NUL or another control character right here
         node = loader.get_single_node()
         if node is None:
             return None, lines
+        _measure(node)
         return _build(node, loader, (), lines), lines
     except _DuplicateKey as dup:
         raise PlanInvalid(
@@ -89,24 +214,138 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
                 PlanIssue(
                     file,
                     dup.line,
-                    str(dup.key),
-                    f"a second `{dup.key}` (first on line {dup.first_line})",
+                    names.printable(dup.key),
+                    f"a second `{names.printable(dup.key)}` (first on line {dup.first_line})",
                     "each key once",
                 )
             ],
         ) from None
+    except _Refused as ref:
+        raise _invalid(file, ref.line, ref.found, ref.expected) from None
+    except yaml.reader.ReaderError as exc:  # a NUL byte or another character YAML does not allow
+        pos = exc.position if isinstance(exc.position, int) else 0
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        raise _invalid(file, text.count("\n", 0, pos) + 1, f"the character {names.printable(repr(char))[1:-1]!s} (not allowed in YAML)",
+                       "YAML text without NUL or other control characters") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or "unreadable YAML"
         ctx = f" {exc.context}" if exc.context else ""
-        raise PlanInvalid(
-            file, [PlanIssue(file, line, "", f"invalid YAML: {problem}{ctx}", "well-formed YAML")]
-        ) from None
+        raise _invalid(file, line, names.printable(f"invalid YAML: {problem}{ctx}"), "well-formed YAML") from None
     except yaml.YAMLError as exc:
-        raise PlanInvalid(file, [PlanIssue(file, None, "", f"invalid YAML: {exc}", "well-formed YAML")]) from None
+        raise _invalid(file, None, names.printable(f"invalid YAML: {exc}"), "well-formed YAML") from None
+    except RecursionError:  # defence in depth: the bounds above should make this unreachable
+        raise _invalid(file, None, "values nested too deeply", f"a plan nested at most {MAX_DEPTH} levels") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _kind(mode: int) -> str:
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def read_plan_text(path: str | os.PathLike[str], file: str) -> str:
+    """The plan's text: a regular file only, at most MAX_PLAN_BYTES, UTF-8; anything else is a PlanInvalid.
+
+    `stat` first (a FIFO or a device is never opened), then open with O_NONBLOCK and
+    check again on the descriptor (the path may have been swapped in between).
+    """
+    expected = "a rollout plan: a regular YAML file"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _invalid(file, None, "no such file", "a rollout plan (YAML) at this path") from None
+    except (OSError, ValueError) as exc:  # permission, a too-long name, a NUL in the path
+        raise _invalid(file, None, f"unreadable file ({names.printable(exc)})", "a readable UTF-8 YAML file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _invalid(file, None, _kind(st.st_mode), expected)
+    if st.st_size > MAX_PLAN_BYTES:
+        raise _invalid(file, None, f"a file of {st.st_size:,} bytes", f"a plan of at most {MAX_PLAN_BYTES // 1024} KiB")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _invalid(file, None, f"unreadable file ({names.printable(exc)})", "a readable UTF-8 YAML file") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _invalid(file, None, _kind(st.st_mode), expected)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_PLAN_BYTES:
+            chunk = os.read(fd, MAX_PLAN_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise _invalid(file, None, f"unreadable file ({names.printable(exc)})", "a readable UTF-8 YAML file") from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_PLAN_BYTES:
+        raise _invalid(file, None, f"a file of more than {MAX_PLAN_BYTES:,} bytes", f"a plan of at most {MAX_PLAN_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise _invalid(file, line, f"the byte 0x{data[exc.start]:02x}, which is not UTF-8", "a UTF-8 text file") from None
+
+
+def text_issues(data: Any, file: str, lines: dict[Loc, int]) -> list[PlanIssue]:
+    """Every key and text value on one line without control characters (multi-line only where text may span lines).
+
+    A NUL or an ESC sequence in an owner's name would be printed raw by `status`;
+    a CR/LF in a name would forge a header or a log line. YAML's double-quoted
+    escapes ("\\e[31m", "\\0") can write them, so they are refused here, with the path.
+    """
+    issues: list[PlanIssue] = []
+    stack: list[tuple[Loc, Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                ckey = key if isinstance(key, str | int) else str(key)
+                cloc: Loc = (*loc, ckey)
+                if isinstance(key, str):
+                    bad = names.control_chars(key)
+                    if bad:
+                        issues.append(PlanIssue(file, _line_for(cloc, lines), path_str(cloc), f"a key with control characters ({', '.join(bad)})",
+                                                "keys without control characters"))
+                stack.append((cloc, child))
+        elif isinstance(value, list):
+            stack.extend(((*loc, i), item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            field = loc[-1] if loc else ""
+            bad = names.control_chars(value, allow="\t\n" if field in MULTILINE_FIELDS else "\t")  # a tab is harmless
+            if bad:
+                issues.append(PlanIssue(file, _line_for(loc, lines), path_str(loc), f"text with control characters ({', '.join(bad)})",
+                                        "text on one line without control characters (they would reach terminals, headers and processes raw)"))
+    return issues
+
+
+def plan_warnings(plan: Plan, file: str, lines: dict[Loc, int]) -> list[PlanIssue]:
+    """What is valid but probably a mistake.
+
+    A local version whose command has no `{port}` and never mentions PORT listens
+    somewhere the tool cannot know: it never becomes healthy and the start-up
+    waits its whole timeout. It is a warning, not an error: the port is also given
+    as $PORT in the environment, which a program may read without saying so.
+    """
+    out: list[PlanIssue] = []
+    if isinstance(plan.target, LocalTarget):
+        for vname, spec in plan.target.versions.items():
+            if "{port}" not in spec.command and "PORT" not in spec.command:
+                loc: Loc = ("target", "versions", vname, "command")
+                out.append(PlanIssue(file, _line_for(loc, lines), path_str(loc), "a command without {port}",
+                                     "{port} where the version should listen (or a program that reads $PORT); "
+                                     f"otherwise it never answers its health check and start-up waits {spec.startup_timeout:g}s"))
+    return out
 
 
 # -- pydantic errors → located issues ------------------------------------------
@@ -179,10 +418,12 @@ def _tag_of(model: Any) -> Any:
 def path_str(loc: Loc) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for an error in a mapping's key: the path already ends at the key
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + names.printable(part)
     return out
 
 
@@ -330,8 +571,12 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
     if isinstance(locustfile, str) and locustfile:
         lf = Path(locustfile)
         lf_path = lf if lf.is_absolute() else base / lf
-        if not lf_path.is_file():
-            add(("load", "locustfile"), repr(locustfile), f"an existing locustfile (looked at {lf_path})")
+        try:
+            exists = lf_path.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL: no such file either
+            exists = False
+        if not exists:
+            add(("load", "locustfile"), repr(locustfile), f"an existing locustfile (looked at {printable(str(lf_path))[:300]})")
 
     plan_gates = _get(data, "gates")
     plan_gates = plan_gates if isinstance(plan_gates, dict) else {}
@@ -395,17 +640,13 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
 def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
     """Read, parse and validate a plan file; raise PlanInvalid listing every problem."""
     p = Path(path)
-    file = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlanInvalid(file, [PlanIssue(file, None, "", "no such file", "a rollout plan (YAML) at this path")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanInvalid(file, [PlanIssue(file, None, "", f"unreadable file ({exc})", "a readable UTF-8 YAML file")]) from None
+    file = names.printable(path)
+    text = read_plan_text(path, file)
     data, lines = parse_yaml(text, file)
     if not isinstance(data, dict):
         raise PlanInvalid(file, [PlanIssue(file, 1 if data is not None else None, "", _found(data) if data is not None else "an empty file", "a mapping with name, owner, target, load, stages")])
-    issues = cross_checks(data, file, p.resolve().parent, lines)
+    issues = text_issues(data, file, lines)
+    issues += cross_checks(data, file, p.resolve().parent, lines)
     plan: Plan | None = None
     try:
         plan = Plan.model_validate(data)
@@ -413,7 +654,7 @@ def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
         issues += issues_from_validation(err, file, lines)
     if issues or plan is None:
         raise PlanInvalid(file, sorted(issues, key=lambda i: (i.line or 0, i.path)))
-    return LoadedPlan(plan=plan, path=p.resolve())
+    return LoadedPlan(plan=plan, path=p.resolve(), warnings=tuple(plan_warnings(plan, file, lines)))
 
 
 def json_schema() -> dict[str, Any]:

@@ -12,9 +12,11 @@ milliseconds, rates and weights as fractions 0..1.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +28,8 @@ from pydantic import (
 )
 
 from rollout.notify import Webhook
+from rollout.plan import names
+from rollout.plan.limits import MAX_USERS, MAX_WORKERS
 from rollout.plan.units import (
     parse_duration,
     parse_latency,
@@ -35,6 +39,25 @@ from rollout.plan.units import (
     parse_relative,
     parse_weight,
 )
+
+
+def _rule(check: Any, *args: Any) -> Any:
+    """An AfterValidator from a `names.check_*` function: its text is the "expected" of the error."""
+
+    def validate(value: Any) -> Any:
+        problem = check(value, *args)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    return AfterValidator(validate)
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("a duration > 0, such as 30s (zero would give up before anything could happen)")
+    return value
+
 
 Duration = Annotated[
     float,
@@ -49,6 +72,18 @@ Duration = Annotated[
         }
     ),
 ]
+# a timeout or a stage length: zero makes no sense (it would fail or end before anything happens)
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+VersionName = Annotated[str, _rule(names.check_version_name)]
+HeaderName = Annotated[str, _rule(names.check_header_name)]
+HeaderValue = Annotated[str, _rule(names.check_header_value)]
+EnvName = Annotated[str, _rule(names.check_env_name)]
+ImageRef = Annotated[str, _rule(names.check_image)]
+Url = Annotated[str, _rule(names.check_url)]
+ContainerName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+                                     description="a container name: lowercase letters, digits and '-', at most 63")]
+Int32 = names.INT32_MAX
+
 Weight = Annotated[
     float,
     BeforeValidator(parse_weight),
@@ -105,9 +140,13 @@ METRICS = ("error_rate", *LATENCY_METRICS)
 
 
 class Strict(BaseModel):
-    """Unknown fields are errors (with a did-you-mean, added by the validator)."""
+    """Unknown fields are errors (with a did-you-mean, added by the validator).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    NaN and infinity are refused in every number: `.nan` as a limit makes a gate
+    pass whatever it measures, `.inf` as a duration makes a stage endless.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Owner(Strict):
@@ -122,19 +161,37 @@ class LocalVersion(Strict):
 
     command: str = Field(
         min_length=1,
-        description="shell-free command line, run in the plan's directory; {port} is replaced by the port to listen on "
-        "(also given as $PORT), {version} by the version's name, {python} by the Python running rollout",
+        description="shell-free command line (split as a POSIX shell would; no shell runs it), run in the plan's directory; "
+        "{port} is replaced by the port to listen on (also given as $PORT), {version} by the version's name, "
+        "{python} by the Python running rollout",
     )
-    health: str = Field("/healthz", description="path answered with 2xx once the version is up")
-    env: dict[str, str] = Field(default_factory=dict)
-    startup_timeout: Duration = Field(30.0, description="how long to wait for the health check")
+    health: str = Field("/healthz", pattern=r"^/[^\s\x00-\x1f\x7f]*$",
+                        description="path answered with 2xx once the version is up (starts with /, no spaces)")
+    env: dict[EnvName, str] = Field(default_factory=dict)
+    startup_timeout: PositiveDuration = Field(30.0, description="how long to wait for the health check")
+
+    @field_validator("command")
+    @classmethod
+    def _splits(cls, v: str) -> str:
+        problem = names.check_command(v, {"port": "8000", "version": "v", "python": "python"})
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_values(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if "\0" in value:
+                raise ValueError(f"env {key}: a value without NUL characters")
+        return v
 
 
 class LocalTarget(Strict):
     """The embedded local backend: versions as processes behind a weighted router on 127.0.0.1."""
 
     backend: Literal["local"]
-    versions: dict[str, LocalVersion] = Field(min_length=1)
+    versions: dict[VersionName, LocalVersion] = Field(min_length=1)
     stable: str = Field(description="the version serving users before the first rollout (known good)")
     canary: str | None = Field(None, description="the version to roll out (or `--version` on the command line)")
     port: int = Field(0, ge=0, le=65535, description="router port on 127.0.0.1 (0: a free port, kept across commands)")
@@ -143,8 +200,8 @@ class LocalTarget(Strict):
 class KubernetesVersion(Strict):
     """One version as container images: `image` for a one-container pod, or `images` by container name."""
 
-    image: str | None = Field(None, min_length=1, description="the image of the pod's only container")
-    images: dict[str, str] = Field(default_factory=dict, description="container name -> image (pods with several containers)")
+    image: ImageRef | None = Field(None, min_length=1, description="the image of the pod's only container")
+    images: dict[ContainerName, ImageRef] = Field(default_factory=dict, description="container name -> image (pods with several containers)")
 
     @model_validator(mode="after")
     def _one_way(self) -> KubernetesVersion:
@@ -164,7 +221,7 @@ class KubernetesTarget(Strict):
     """A cluster: two Deployments (stable, canary) and a traffic router in one namespace."""
 
     backend: Literal["kubernetes"]
-    versions: dict[str, KubernetesVersion] = Field(min_length=1)
+    versions: dict[VersionName, KubernetesVersion] = Field(min_length=1)
     stable: str = Field(description="the version serving users before the first rollout (known good)")
     canary: str | None = Field(None, description="the version to roll out (or `--version` on the command line)")
     kubeconfig: str | None = Field(None, description="kubeconfig path (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
@@ -179,11 +236,11 @@ class KubernetesTarget(Strict):
     httproute: str | None = Field(None, pattern=NAME_RE, description="the HTTPRoute to drive (gateway-api)")
     ingress: str | None = Field(None, pattern=NAME_RE, description="the canary Ingress to annotate (nginx)")
     port: int = Field(80, ge=1, le=65535, description="the Services' port (HTTPRoute backendRefs)")
-    replicas: int | None = Field(None, ge=1, description="replicas router: total pods (default: the stable Deployment's)")
-    canary_replicas: int = Field(1, ge=1, description="gateway-api / nginx: pods of the canary Deployment")
-    progress_deadline: Duration = Field(300.0, description="how long a Deployment may take to become ready")
-    entry_url: str | None = Field(None, description="where users' traffic enters (default: load.host)")
-    canary_url: str | None = Field(None, description="the canary alone, for `load_to: canary` stages")
+    replicas: int | None = Field(None, ge=1, le=Int32, description="replicas router: total pods (default: the stable Deployment's)")
+    canary_replicas: int = Field(1, ge=1, le=Int32, description="gateway-api / nginx: pods of the canary Deployment")
+    progress_deadline: PositiveDuration = Field(300.0, description="how long a Deployment may take to become ready")
+    entry_url: Url | None = Field(None, description="where users' traffic enters (default: load.host)")
+    canary_url: Url | None = Field(None, description="the canary alone, for `load_to: canary` stages")
     # time bounds against a slow or failing cluster (rollout.backends.kubernetes.client)
     step_timeout: Duration | None = Field(None, gt=0, le=86400, description="the deadline of each step (deploy, shift, promote, "
                                           "roll back), its waits included; past it the command stops, exit 3 "
@@ -209,24 +266,24 @@ Target = Annotated[Union[LocalTarget, KubernetesTarget], Field(discriminator="ba
 class Prometheus(Strict):
     """A PromQL query per version, read from Prometheus while the stage runs."""
 
-    url: str = Field(description="the Prometheus base URL, e.g. http://prometheus:9090")
+    url: Url = Field(description="the Prometheus base URL, e.g. http://prometheus:9090")
     query: str = Field(
         description="PromQL with placeholders {version} (the version's name) and {role} (stable|canary), "
         "e.g. sum(rate(http_errors_total{version=\"{version}\"}[1m]))"
     )
-    every: Duration = Field(5.0, description="how often to query")
-    timeout: Duration = Field(3.0, description="per query")
+    every: PositiveDuration = Field(5.0, description="how often to query")
+    timeout: PositiveDuration = Field(3.0, description="per query")
 
 
 class MetricSource(Strict):
     """Where a metric's values come from: one of json, header, custom, prometheus."""
 
     json_field: str | None = Field(None, alias="json", description="dot path into each response's JSON body, e.g. confidence or usage.tokens")
-    header: str | None = Field(None, description="a numeric response header")
+    header: HeaderName | None = Field(None, description="a numeric response header")
     custom: bool = Field(False, description="fired from the locustfile with rollout.metrics.record(name, value, response)")
     prometheus: Prometheus | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one(self) -> MetricSource:
@@ -240,16 +297,16 @@ class Load(Strict):
     """The Locust load profile; think time lives in the locustfile."""
 
     locustfile: str = Field(description="path, relative to the plan file")
-    host: str | None = Field(None, description="entry point URL; the local backend supplies its router's")
-    users: int = Field(ge=1, le=100000, description="concurrent Locust users")
-    spawn_rate: float | None = Field(None, gt=0, description="users started per second (default: all at once)")
-    version_header: str = Field("X-Version", description="response header naming the version that served it")
+    host: Url | None = Field(None, description="entry point URL; the local backend supplies its router's")
+    users: int = Field(ge=1, le=MAX_USERS, description="concurrent Locust users")
+    spawn_rate: float | None = Field(None, gt=0, le=MAX_USERS, description="users started per second (default: all at once)")
+    version_header: HeaderName = Field("X-Version", description="response header naming the version that served it")
     cohort_share: Percent = Field(0.2, description="share of users sending the cohort header in cohort stages")
     max_requests: int | None = Field(
-        None, ge=1, description="hard bound on requests per stage; the stage's load stops there"
+        None, ge=1, le=Int32, description="hard bound on requests per stage; the stage's load stops there"
     )
     workers: int = Field(
-        0, ge=0, le=64, description="Locust worker processes (master/worker mode on this machine); 0 runs the load in the CLI's process"
+        0, ge=0, le=MAX_WORKERS, description="Locust worker processes (master/worker mode on this machine); 0 runs the load in the CLI's process"
     )
     metrics: dict[str, MetricSource] = Field(
         default_factory=dict, description="values measured per version besides errors and latency, usable in gates"
@@ -272,8 +329,8 @@ class Load(Strict):
         kubeconfig: str | None = Field(None, description="default: a kubernetes target's, else $KUBECONFIG, ~/.kube/config, in-cluster")
         context: str | None = Field(None, description="kubeconfig context (default: a kubernetes target's, else the current one)")
         workers: int = Field(1, ge=1, le=500, description="Locust worker pods")
-        image: str = Field("locustio/locust:2.47.0", min_length=1, description="the Locust image of the master and worker pods")
-        ready_timeout: Duration = Field(180.0, description="how long the master and all workers may take to connect")
+        image: ImageRef = Field("locustio/locust:2.47.0", min_length=1, description="the Locust image of the master and worker pods")
+        ready_timeout: PositiveDuration = Field(180.0, description="how long the master and all workers may take to connect")
 
     runner: Literal["local", "kubernetes"] = Field(
         "local", description="local: Locust in this process (or `workers` local processes); kubernetes: a Locust master "
@@ -317,7 +374,7 @@ class Gate(Strict):
         None, gt=0, description="with compare, for error_rate: the canary's rate at most this many times stable's (2 = at most double)"
     )
     min_requests: int = Field(
-        100, ge=1, description="threshold: requests per version before the gate may judge (default 100); "
+        100, ge=1, le=Int32, description="threshold: requests per version before the gate may judge (default 100); "
         "sequential: an optional floor before the gate may pass (default none; a failure never waits for it)"
     )
     critical: bool = Field(
@@ -393,6 +450,8 @@ class Gate(Strict):
             return parse_percent(v)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError("a number")
+        if not math.isfinite(float(v)):
+            raise ValueError("a finite number (not .nan or .inf: such a limit would make the gate meaningless)")
         return float(v)
 
     @model_validator(mode="after")
@@ -454,16 +513,16 @@ class Gate(Strict):
 class Stage(Strict):
     name: str = Field(min_length=1)
     weight: Weight | None = Field(None, description="share of traffic to the canary")
-    cohort: dict[str, str] | None = Field(
+    cohort: dict[HeaderName, HeaderValue] | None = Field(
         None, description="one header match sent entirely to the canary, e.g. {x-team: payments}"
     )
-    duration: Duration
+    duration: PositiveDuration
     min_duration: Duration | None = Field(
         None, description="end the stage early once every gate has passed and this much time has gone by "
         "(only sequential gates can pass before the end)"
     )
-    users: int | None = Field(None, ge=1, le=100000, description="overrides load.users")
-    spawn_rate: float | None = Field(None, gt=0)
+    users: int | None = Field(None, ge=1, le=MAX_USERS, description="overrides load.users")
+    spawn_rate: float | None = Field(None, gt=0, le=MAX_USERS)
     shape: str | None = Field(None, min_length=1, description="a LoadTestShape class of the locustfile for this stage (overrides load.shape; "
                               "`none`: users/spawn_rate even when load.shape is set)")
     approval: Literal["auto", "manual"] = "auto"

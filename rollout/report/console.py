@@ -14,6 +14,7 @@ from rollout.engine.state import StageRecord
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
 from rollout.plan.model import Stage
+from rollout.plan.names import printable
 from rollout.plan.units import fmt_ms, fmt_percent
 
 PLAIN_EVERY = 5.0
@@ -39,7 +40,7 @@ class ConsoleReporter:
         if self._line_open:
             self.stream.write("\r\x1b[2K")
             self._line_open = False
-        self.stream.write(text + "\n")
+        self.stream.write(printable(text) + "\n")  # names, reasons, owners: never raw control characters
         self.stream.flush()
 
     def event(self, message: str) -> None:

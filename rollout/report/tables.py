@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from rollout.engine.state import MANUAL_ACTIONS, StageStatus, State, to_dict
 from rollout.plan.model import Gate, Plan
+from rollout.plan.names import printable
 from rollout.plan.units import fmt_duration, fmt_percent
 
 
@@ -73,7 +74,7 @@ def plan_tables(plan: Plan) -> str:
         for name, g in (s.gates or {}).items():
             grows.append([f"{name} (stage {s.name})", _metric_label(g) if g else "-", ("canary vs stable" if g.compare else g.version) if g else "removed", gate_threshold(g) if g else "-", _floor(g) if g else "-"])
     gates = tabulate(grows, headers=["gate", "metric", "on", "passes when", "min requests"]) if grows else "(no gates)"
-    head = f"Plan `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}> — backend {plan.target.backend}"
+    head = f"Plan `{plan.name}` — owner {printable(plan.owner.name)} <{printable(plan.owner.contact)}> — backend {plan.target.backend}"
     load = plan.load
     notes = []
     if any(plan.stage_shape(i) for i in range(len(plan.stages))):
@@ -84,7 +85,7 @@ def plan_tables(plan: Plan) -> str:
     if load.options:
         notes.append("locustfile options: " + " ".join(f"--{k}={v}" for k, v in load.options.items()))
     extra = ("\n\n" + "\n".join(f"Load: {n}" for n in notes)) if notes else ""
-    return f"{head}\n\n{stages}{extra}\n\n{gates}"
+    return printable(f"{head}\n\n{stages}{extra}\n\n{gates}", keep_newlines=True)
 
 
 def plan_dict(plan: Plan) -> dict[str, Any]:
@@ -171,10 +172,11 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
         from rollout.engine.driver import local_alive
 
         alive = local_alive(state.driver)
+    pr = printable  # every string from the plan or the state file on one line, control characters escaped
     lines = [
-        f"Rollout `{plan.name}` — owner {plan.owner.name} <{plan.owner.contact}>",
-        _phase_line(state, alive),
-        f"Stable:   {state.stable_version}" + (f"    Canary: {state.canary_version}" if state.canary_version else ""),
+        f"Rollout `{plan.name}` — owner {pr(plan.owner.name)} <{pr(plan.owner.contact)}>",
+        pr(_phase_line(state, alive)),
+        f"Stable:   {pr(state.stable_version)}" + (f"    Canary: {pr(state.canary_version)}" if state.canary_version else ""),
         f"Traffic:  {state.split.describe()}",
     ]
     if state.phase.active:
@@ -189,7 +191,7 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
         for role in ("stable", "canary"):
             p = live.get(role)
             if p:
-                bits.append(f"{role} {p['version']} pid {p['pid']} :{p['port']} {'up' if p['alive'] else 'DOWN'}")
+                bits.append(f"{role} {printable(p['version'])} pid {p['pid']} :{p['port']} {'up' if p['alive'] else 'DOWN'}")
         r = live.get("router")
         if r:
             lw = r.get("live", {}).get("weight")
@@ -197,7 +199,7 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
         if bits:
             lines.append("Live:     " + "; ".join(bits))
     for note in notes(state, alive):
-        lines.append(f"Note:     {note}")
+        lines.append(f"Note:     {pr(note)}")
     if state.stages:
         rows = []
         for r in state.stages:
@@ -205,22 +207,22 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
             verdict = "; ".join(f"{v['gate']}: {v['message']}" for v in r.verdicts if v["status"] in ("fail", "inconclusive")) or r.reason
             if r.decided_by:  # passed by a person's decision, never by its gates
                 verdict = r.reason
-            rows.append([r.index + 1, r.name, r.split.describe(), _stage_status(r.status.value, r.decided_by), f"{s.get('requests', 0):,}", verdict])
+            rows.append([r.index + 1, pr(r.name), pr(r.split.describe()), _stage_status(r.status.value, r.decided_by), f"{s.get('requests', 0):,}", pr(verdict)])
         lines += ["", tabulate(rows, headers=["#", "stage", "traffic", "status", "requests", "verdict"])]
     if state.past:
-        rows = [[p.number, f"{p.stable} → {p.canary}", p.outcome, _when(p.ended_at), p.reason[:120]] for p in state.past[-5:]]
+        rows = [[r.number, pr(f"{r.stable} → {r.canary}"), r.outcome, _when(r.ended_at), pr(r.reason[:120])] for r in state.past[-5:]]
         lines += ["", "Past rollouts:", tabulate(rows, headers=["#", "versions", "outcome", "ended", "why"])]
     if state.revisions:
-        rows = [[r.number, r.version, _when(r.at), r.by] for r in state.revisions[-10:]]
+        rows = [[r.number, pr(r.version), _when(r.at), pr(r.by)] for r in state.revisions[-10:]]
         lines += ["", "Revisions (`rollout revert --to-revision N`):", tabulate(rows, headers=["#", "version", "promoted", "by"])]
     decisions = [h for h in state.history if h.action in MANUAL_ACTIONS][-10:]
     if decisions:
-        rows = [[_when(h.at), h.who, h.action, h.reason or "-", h.detail[:90]] for h in decisions]
+        rows = [[_when(h.at), pr(h.who), pr(h.action), pr(h.reason or "-"), pr(h.detail[:90])] for h in decisions]
         lines += ["", "Decisions by people (latest 10):", tabulate(rows, headers=["when", "who", "decided", "reason", "detail"])]
-    hist = [[_when(h.at), h.who, h.action, h.detail[:110]] for h in state.history[-10:]]
+    hist = [[_when(h.at), pr(h.who), pr(h.action), pr(h.detail[:110])] for h in state.history[-10:]]
     if hist:
         lines += ["", "History (latest 10):", tabulate(hist, headers=["when", "who", "action", "detail"])]
-    return "\n".join(lines)
+    return printable("\n".join(lines), keep_newlines=True)
 
 
 def _stage_status(status: str, decided_by: dict[str, Any] | None) -> str:
