@@ -123,7 +123,10 @@ def plain(lf: Path, host: str, seconds: int, users: int, work: Path, env: dict[s
     cmd = [sys.executable, "-m", "locust", "-f", str(lf), "--headless", "--host", host, "-u", str(users), "-r", str(users),
            "-t", f"{seconds}s", "--json-file", str(out.with_suffix("")), "--loglevel", "WARNING", "--stop-timeout", "1"]
     EchoHandler.first_request_at = None
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work, env=env)
+    # SIGINT back to its default in the child: started from a background job, it would inherit "ignore" and the
+    # Ctrl+C below would do nothing
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stopped = False
     if has_shape(lf):
         # a shape ignores -t under plain locust (and SIGTERM before the shape ends kills it without a report):
