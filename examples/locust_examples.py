@@ -152,7 +152,7 @@ def plain(lf: Path, host: str, seconds: int, users: int, work: Path, env: dict[s
                    endpoints=sorted({f"{x['method']} {x['name']}" for x in rows}))
     except (OSError, ValueError, KeyError, TypeError):
         res.update(requests=0, failures=0, endpoints=[], error=last_line(se))
-    if "Traceback" in se and "error" not in res:
+    if "Traceback" in se and "error" not in res and not stopped:  # a Ctrl+C'd run logs its users' KeyboardInterrupt
         res["error"] = last_line(se)
     return res
 
@@ -251,11 +251,18 @@ def main() -> int:
     finally:
         server.shutdown()
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps({"locust": locust_version, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                            "seconds": a.seconds, "users": a.users, "workers": a.workers,
-                                            "command": " ".join(["python", "examples/locust_examples.py", *sys.argv[1:]]),
-                                            "rows": rows}, indent=2))
+        # one file for every --workers value: a run replaces only the entry of its own
+        out = Path(a.json)
+        try:
+            runs = json.loads(out.read_text()).get("runs", {})
+        except (OSError, ValueError, AttributeError):
+            runs = {}
+        runs[f"workers={a.workers}"] = {"locust": locust_version, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                        "seconds": a.seconds, "users": a.users, "workers": a.workers,
+                                        "command": " ".join(["python", "examples/locust_examples.py", *sys.argv[1:]]),
+                                        "alike": sum(r["alike"] for r in rows), "examples": len(rows), "rows": rows}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"note": "results only: Locust's example files are not in this repository", "runs": runs}, indent=2))
     print(f"{sum(r['alike'] for r in rows)} of {len(rows)} behave alike")
     return 0
 

@@ -148,3 +148,44 @@ def test_gate_without_a_plan_follows_the_locustfiles_shape_as_locust_does(servic
     assert r.returncode == 0, r.stdout + r.stderr
     stats = json.loads((tmp_path / "flat.json").read_text())["stages"][0]["stats"]
     assert "shape" not in stats["endpoints"] and max(n for _, n in stats["users_timeline"]) == 3
+
+
+RESCHEDULE = """from locust import HttpUser, task, constant, events
+from locust.exception import RescheduleTask
+
+
+class U(HttpUser):
+    wait_time = constant(0.05)
+
+    @task
+    def t(self):
+        self.client.get('/api/answer')
+        self.client.post('/nope')   # 404: the listener below ends the task here
+        self.client.get('/never')   # so this is never requested
+
+
+@events.init.add_listener
+def _(environment, **kw):
+    @events.request.add_listener
+    def stop_task_on_failure(exception, **kw):
+        if exception:
+            raise RescheduleTask()
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_failed_request_is_counted_when_a_listener_reschedules_the_task(service: str, tmp_path: Path, workers: str) -> None:
+    """A `request` listener added in `init` that raises RescheduleTask (Locust re-raises it) must not hide the
+    failure from the gates: the stage's recorder runs before the locustfile's listeners, as Locust's stats do."""
+    lf = tmp_path / "reschedule.py"
+    lf.write_text(RESCHEDULE)
+    r = gate("--host", service, "-f", str(lf), "-u", "2", "-t", "3s", "--gate", "errors<100%", "--min-requests", "5",
+             "--workers", workers, "--json", str(tmp_path / "r.json"))
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    st = json.loads((tmp_path / "r.json").read_text())["stages"][0]["stats"]
+    rows = {e["name"]: e for e in st["endpoints"]["endpoints"]}
+    assert "/never" not in rows  # the listener did end each task at the failure
+    assert rows["/nope"]["failures"] == rows["/nope"]["requests"] > 0
+    assert st["all"]["failures"] == rows["/nope"]["failures"]
+    # each iteration: one success then one failure (a task cut by the stop may miss its failure)
+    assert abs(rows["/api/answer"]["requests"] - rows["/nope"]["requests"]) <= 4

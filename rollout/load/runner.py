@@ -354,6 +354,18 @@ def stop_load(runner: Any) -> None:
     runner.stop()
 
 
+def record_first(hook: Any, listener: Callable[..., Any]) -> None:
+    """Add the request listener that records the stage's statistics before every listener already there.
+
+    Locust re-raises RescheduleTask, StopUser and InterruptTaskSet from a `request` listener (the locustfile's way
+    to end a task on the first failed request, as in Locust's own response_validations example), and that skips
+    the listeners after it. Locust's statistics listener comes before any the locustfile adds in `init`; ours,
+    added when the stage starts, would come after and miss exactly the failed requests -- a failing version
+    looking clean to the gates. First in the list, it sees every request.
+    """
+    hook._handlers.insert(0, listener)
+
+
 def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStats:
     """Run one stage's load; call on_tick(stats) about every second; stop when it returns True.
 
@@ -372,7 +384,7 @@ def run_load(spec: LoadSpec, on_tick: Callable[[StageStats], bool]) -> StageStat
     if recorder.endpoints is not None:
         recorder.endpoints.shape = spec.shape
         sess.on_listener_error = recorder.endpoints.add_listener_error
-    env.events.request.add_listener(recorder.on_request)
+    record_first(env.events.request, recorder.on_request)
     import gevent.event
 
     stop_polls = gevent.event.Event()

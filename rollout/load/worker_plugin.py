@@ -54,7 +54,9 @@ class Shipper:
         self._empty = VersionStats
         self.sent: dict[str, Any] = {}
         self.sent_routing: dict[str, int] = {}
-        environment.events.request.add_listener(self.recorder.on_request)
+        from rollout.load.runner import record_first
+
+        record_first(environment.events.request, self.recorder.on_request)  # before the locustfile's (RescheduleTask)
 
     def delta(self) -> dict[str, Any]:
         out: dict[str, Any] = {"roles": {}, "routing": {}}
