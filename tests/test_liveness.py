@@ -351,3 +351,13 @@ def test_the_router_refuses_a_stuck_after_that_is_not_a_positive_number(tmp_path
         r = subprocess.run([sys.executable, "-m", "rollout.backends.local.router", "--port", "0", "--admin-port", "0",
                             "--config", str(config), "--stuck-after", bad], env=ENV, capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and "--stuck-after must be a positive number" in r.stderr, (bad, r.stderr)
+
+
+def test_a_plan_that_accepts_slow_answers_turns_the_partial_hang_rule_off() -> None:
+    """A p95 limit of 1.5 s accepts a tail past 2 s: a canary slower than stable yet within it is not failed here."""
+    for slowest_ms, expected in ((1500.0, Status.PENDING), (1000.0, Status.PENDING), (250.0, Status.FAIL), (None, Status.FAIL)):
+        check = CanaryLiveness("v2", "v1", slowest_ms=slowest_ms)
+        stats = StageStats()
+        check.observe(0.0, stats, CanaryProbe("v2", None, {"v1": counters(), "v2": counters()}))
+        v = check.observe(1.0, stats, CanaryProbe("v2", None, {"v1": hanging(300, 0, 300), "v2": hanging(30, 10, 20)}))
+        assert v.status is expected, (slowest_ms, v.message)

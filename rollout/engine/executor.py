@@ -44,7 +44,7 @@ from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
 from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
-from rollout.plan.model import Stage
+from rollout.plan.model import LATENCY_METRICS, Stage
 from rollout.testing.killpoints import kill_point  # test-only crash points; inert unless a test sets them
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
@@ -357,7 +357,8 @@ class Engine:
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
         failing: list[Verdict] = []
-        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version)
+        limits = [float(g.max) for g in gates.values() if g.metric in LATENCY_METRICS and g.compare is None and g.max is not None]
+        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version, slowest_ms=max(limits) if limits else None)
         alive.observe(0.0, StageStats(), self._canary_probe())  # the window's start: the counters before any load
 
         early: list[float] = []

@@ -27,7 +27,10 @@ review), whatever the gates' minimums:
   Fisher exact test (canary stuck more often than stable) below `STUCK_ALPHA`;
   never judged without stable traffic to compare with (`MIN_STABLE_DUE`): a
   slow dependency both share is not the canary's fault (and with no stable
-  traffic, a `load_to: canary` stage, it cannot be told apart).
+  traffic, a `load_to: canary` stage, it cannot be told apart). Off when the
+  stage's own absolute latency limits reach half of `stuck_after` (`slowest_ms`):
+  a plan that accepts a p95 of 1 s accepts a tail past 2 s, and a canary within
+  its limits must still be promoted.
 
 Not blamed on the canary: the same silence from the stable version in the same
 window (something they share is down; the gates and health checks say so).
@@ -93,10 +96,11 @@ class CanaryLiveness:
 
     def __init__(self, canary: str | None, stable: str, window: float = WINDOW_SECONDS,
                  min_routed: int = MIN_ROUTED, min_requests: int = MIN_REQUESTS,
-                 stuck_window: float = STUCK_WINDOW) -> None:
+                 stuck_window: float = STUCK_WINDOW, slowest_ms: float | None = None) -> None:
         self.canary, self.stable = canary, stable
         self.window, self.min_routed, self.min_requests = window, min_routed, min_requests
         self.stuck_window = stuck_window
+        self.slowest_ms = slowest_ms  # the stage's largest absolute latency limit, if any
         self.stuck_after = DEFAULT_STUCK_AFTER
         self.snaps: deque[_Snapshot] = deque()
         self.start_router: dict[str, dict[str, int]] | None = None
@@ -214,6 +218,8 @@ class CanaryLiveness:
     def _partial_hang(self, now: _Snapshot, who: str) -> Verdict | None:
         """FAIL when a credible share of the canary's requests got no answer within `stuck_after`
         while stable's did (see the module docstring); None when there is no such evidence."""
+        if self.slowest_ms is not None and self.slowest_ms * 2 >= self.stuck_after * 1000:
+            return None  # the plan accepts answers this slow: a wait past `stuck_after` is no evidence of a hang
         base, _ = self._base(now, self.stuck_window)
         due, stuck = self._stuck_counts(base, now, "canary")
         if stuck < MIN_STUCK or due <= 0 or stuck < MIN_STUCK_SHARE * due:
