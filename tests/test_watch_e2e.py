@@ -184,6 +184,8 @@ def test_a_degrading_promoted_version_is_reverted_and_its_alert_fires_then_resol
         out, _ = watch.communicate(timeout=30)
     assert watch.returncode == 1, out  # it reverted
     assert "BREACH" in out and "reverted to revision" in out
+    shown = e.cli("status")
+    assert "Watch:    watching v1" in shown.stdout, shown.stdout  # the reverted version, judged from scratch
     st = e.state_doc()
     rev = [h for h in st["history"] if h["action"] == "revert"][-1]
     assert rev["who"].startswith("rollout watch") and "error rate" in rev["detail"] and "requests" in rev["detail"]
@@ -208,6 +210,8 @@ def test_on_breach_alert_only_alerts_and_resolves_when_back_to_normal(env: Any) 
         watch.send_signal(signal.SIGTERM)
         out, _ = watch.communicate(timeout=30)
     assert "BREACH" in out and "RESOLVED" in out, out
+    doc = json.loads(e.cli("status", "-o", "json").stdout)
+    assert doc["watch"]["record"]["version"] == "v2" and doc["watch"]["firing"] == []
     assert e.state_doc()["stable_version"] == "v2"
     assert watch.returncode == 0, out  # nothing firing at the end, nothing reverted
 
