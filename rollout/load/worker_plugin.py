@@ -30,6 +30,11 @@ SPEC_ENV = "ROLLOUT_WORKER_SPEC"
 EVERY = 1.0
 
 
+# what a worker started by `rollout load-worker` knows before the master's first `rollout_stage` message
+DEFAULT_SETTINGS: dict[str, Any] = {"version_header": "X-Version", "roles": {}, "host": "", "cohort": None, "cohort_share": 0.2,
+                                    "endpoint_stats": True, "only_role": None}
+
+
 def stage_settings(spec: Any) -> dict[str, Any]:
     """What a worker needs to know about a stage (JSON): attribution and the cohort users."""
     return {"version_header": spec.version_header, "roles": dict(spec.roles), "host": spec.host,
@@ -77,8 +82,17 @@ class Shipper:
         return out
 
     def new_stage(self, settings: dict[str, Any]) -> None:
+        """Every attribution setting from the master: a `rollout load-worker` started elsewhere knows none of
+        them until this message (its $ROLLOUT_WORKER_SPEC holds only defaults)."""
         self.recorder.roles = dict(settings.get("roles") or {})
         self.recorder.header = settings.get("version_header", self.recorder.header)
+        self.recorder.only_role = settings.get("only_role")
+        if not settings.get("endpoint_stats", True):
+            self.recorder.endpoints = self.recorder.stats.endpoints = None
+        elif self.recorder.endpoints is None:
+            from rollout.load.endpoints import EndpointStats
+
+            self.recorder.endpoints = self.recorder.stats.endpoints = EndpointStats()
 
     def flush(self, **_: Any) -> None:
         data = self.delta()
