@@ -120,6 +120,7 @@ def test_separately_started_workers_join_the_gate_and_every_request_is_counted_f
     counted = {v: stats.get(v, {}).get("requests", 0) for v in ("v1", "v2", "unknown")}
     assert counted == {"v1": server.by_version["v1"], "v2": server.by_version["v2"], "unknown": 0}, (counted, server.by_version)
     assert counted["v1"] > 20 and counted["v2"] > 20
+    print(f"external workers: gate counted {counted}, server served {dict(server.by_version)}, per worker {dict(server.by_worker)}")
     assert len(server.by_worker) == 2 and min(server.by_worker.values()) > 10, server.by_worker  # both workers sent load
 
 
