@@ -161,3 +161,31 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def test_run_with_external_workers_routes_and_attributes_a_cohort_stage(tmp_path: Path) -> None:
+    """`rollout run --expect-workers 2` on the local backend: workers started with no plan get the cohort stage's
+    settings from the master (cohort user classes, version header, roles), so every cohort request is counted
+    for the canary and every other for stable, as with local workers (tests/test_gate_workers.py)."""
+    from tests.test_local_e2e import LOCUSTFILE as E2E_LOCUSTFILE
+    from tests.test_local_e2e import Rollout, make_plan
+
+    ro = Rollout(make_plan(tmp_path, [{"name": "payments", "cohort": {"x-team": "payments"}, "weight": 0, "duration": "4s"}], gates={}),
+                 tmp_path / "state")
+    port = free_port()
+    master = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(ro.plan), "--version", "v2", "--expect-workers", "2",
+                               "--master-bind", f"127.0.0.1:{port}", "--ready-timeout", "90", "--json", str(tmp_path / "r.json")],
+                              cwd=ROOT, env={**_env(), **ro.env, "GITHUB_STEP_SUMMARY": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [load_worker(f"127.0.0.1:{port}", Path(E2E_LOCUSTFILE)) for _ in range(2)]
+    try:
+        out, err = master.communicate(timeout=180)
+        assert master.returncode == 0, out + err
+        assert [w.wait(timeout=30) for w in workers] == [0, 0]
+        stage = json.loads((tmp_path / "r.json").read_text())["stages"][0]
+        routing = stage["stats"]["cohort_routing"]
+        assert routing.get("cohort->canary", 0) >= 10 and routing.get("other->stable", 0) >= 30, routing
+        assert routing.get("cohort->stable", 0) == 0 and routing.get("other->canary", 0) == 0, routing
+        assert stage["stats"].get("unknown", {}).get("requests", 0) == 0, stage["stats"]
+    finally:
+        stop_all([p for p in (master, *workers) if p.poll() is None])
+        ro("down")
