@@ -21,8 +21,9 @@ plugin and environment), only pointed at a master elsewhere; the master side
 is `rollout gate/run/advance --expect-workers N --master-bind HOST:PORT`
 (`External`), which starts no process and waits, bounded, for N of them to
 join. Each stage's settings (`rollout_stage`) reach every worker before its
-users start, also a worker that joins late (sent on `worker_connect`, which
-Locust fires before it rebalances users onto the newcomer).
+users start, also a worker that joins late: it asks for them (`rollout_ready`)
+once its handlers exist, and holds what it records until they come (Locust may
+give it users before that).
 """
 
 from __future__ import annotations
@@ -203,9 +204,10 @@ def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], 
     env, runner = sess.prepare(spec, classes)
     if first:
         runner.register_message(worker_plugin.MESSAGE, lambda msg, **_: sess.merge(msg.data))
-        # a worker that (re)joins gets the running stage's settings before Locust gives it users
-        env.events.worker_connect.add_listener(lambda client_id, **_: sess.stage is not None and runner.send_message(
-            worker_plugin.STAGE_MESSAGE, sess.stage, client_id=client_id))
+        # a worker that joins late asks for the running stage's settings once it can take them (`rollout_ready`);
+        # what it recorded before the answer waits in the worker (`Shipper.pending`)
+        runner.register_message(worker_plugin.READY_MESSAGE, lambda msg, **_: sess.stage is not None and runner.send_message(
+            worker_plugin.STAGE_MESSAGE, sess.stage, client_id=msg.node_id))
         sess.procs = Joined(external) if external is not None else Workers(spec, workers, sess.port)
     sess.merge = lambda data: merge_delta(recorder.stats, data)  # this stage's statistics
     sess.stage = worker_plugin.stage_settings(spec)
