@@ -207,7 +207,7 @@ def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], 
         # a worker that joins late asks for the running stage's settings once it can take them (`rollout_ready`);
         # what it recorded before the answer waits in the worker (`Shipper.pending`)
         runner.register_message(worker_plugin.READY_MESSAGE, lambda msg, **_: sess.stage is not None and runner.send_message(
-            worker_plugin.STAGE_MESSAGE, sess.stage, client_id=msg.node_id))
+            worker_plugin.STAGE_MESSAGE, {**sess.stage, "answer": True}, client_id=msg.node_id))
         sess.procs = Joined(external) if external is not None else Workers(spec, workers, sess.port)
     sess.merge = lambda data: merge_delta(recorder.stats, data)  # this stage's statistics
     sess.stage = worker_plugin.stage_settings(spec)

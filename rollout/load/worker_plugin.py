@@ -178,10 +178,18 @@ def _on_init(environment: Any, **_: Any) -> None:
 
     set_classes(settings)
     shipper = Shipper(environment, settings)
+    applied = [settings]
 
     def on_stage(environment: Any, msg: Any, **_: Any) -> None:  # before the stage's spawn message (in order)
-        set_classes(msg.data)
-        shipper.new_stage(msg.data)
+        data = dict(msg.data)
+        answer = data.pop("answer", False)  # the master's answer to `rollout_ready`, not a stage's start
+        if answer and data == applied[0]:
+            return  # the stage's own message came first (and maybe its spawn): keep the classes its users run
+        applied[0] = data
+        set_classes(data)
+        shipper.new_stage(data)
+        if answer and environment.runner.worker_state in ("running", "spawning"):
+            environment._filter_tasks_by_tags()  # users already run (spawned before `init`): later ones obey the tags too
 
     environment.runner.register_message(STAGE_MESSAGE, on_stage)
     environment.events.test_stop.add_listener(shipper.flush)
