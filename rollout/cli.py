@@ -662,11 +662,36 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     state = store.load()
     live = backend.inspect(state) if state is not None else None
     alive = driver_alive(state, store) if state is not None else None
+    watched = _watch_record(loaded, store)
     if output is Output.json:
-        print(json.dumps(status_dict(state, live, store.location(), alive), indent=2, default=str))
+        doc = status_dict(state, live, store.location(), alive)
+        if watched is not None:
+            doc["watch"] = watched
+        print(json.dumps(doc, indent=2, default=str))
     else:
         print(status_text(loaded.plan, state, live, store.location(), alive))
+        if watched is not None:
+            from rollout.plan.names import printable
+
+            print(f"\nWatch:    {printable(watched['summary'])}" + "".join(f"\n  FIRING  {printable(f)}" for f in watched["firing"]))
     return EXIT_OK
+
+
+def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
+    """What `rollout watch` last saved for this plan (its statistics, what fires), for status; None without one."""
+    if loaded.plan.watch is None:
+        return None
+    from rollout.watch import record
+    from rollout.watch.monitor import Monitor
+
+    saved = record.for_store(store, loaded.plan.name).load()
+    if not saved:
+        return None
+    m = Monitor.from_dict(loaded.plan.watch, saved)
+    if m.version is None:
+        return None
+    firing = [m.gates[n].detector.describe(m.what(n)) for n in m.firing]
+    return {"summary": m.summary(), "firing": firing, "checks": m.checks, "record": saved}
 
 
 @app.command(name="list")

@@ -383,6 +383,22 @@ class Engine:
                 return True
             return False
 
+        version = getattr(self.mailbox, "version", None)
+        if version is not None:  # a mailbox that can say cheaply that something was posted: look every 0.1 s
+            seen = [version()]
+
+            def interrupt() -> bool:
+                now = version()
+                if now == seen[0]:
+                    return False
+                seen[0] = now
+                req = self._take_request(stage_running=True)
+                if req is not None:
+                    self._request = req
+                return req is not None
+
+            on_tick.interrupt = interrupt  # type: ignore[attr-defined]
+
         spec = self._load_spec(i)
         try:
             assert self.load_runner is not None, "a load runner is needed to run stages"
