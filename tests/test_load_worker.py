@@ -222,3 +222,16 @@ def test_a_worker_that_joins_late_gets_the_stage_and_its_requests_are_attributed
     # (measured: 11-19 of ~430 requests per version). Bounded, and never more than the server served.
     for v in ("v1", "v2"):
         assert 0.85 * server.by_version[v] <= counted[v] <= server.by_version[v], (counted, server.by_version)
+
+
+def test_a_master_address_in_use_is_exit_3(server: Counting, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run_cli("gate", str(plan_for(tmp_path)), "--host", f"http://127.0.0.1:{server.server_address[1]}", "--quiet",
+                    "--expect-workers", "1", "--master-bind", f"127.0.0.1:{port}", env={"GITHUB_STEP_SUMMARY": ""}, timeout=60)
+    assert r.returncode == 3 and f"the Locust master cannot listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert server.by_version == Counter()
