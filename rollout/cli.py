@@ -82,6 +82,13 @@ HtmlOpt = Annotated[Optional[str], typer.Option("--html", help="write one self-c
 TagsOpt = Annotated[Optional[list[str]], typer.Option("--tags", help="run only tasks with this @tag (repeatable; overrides load.tags), as `locust --tags`", metavar="TAG")]
 ExcludeTagsOpt = Annotated[Optional[list[str]], typer.Option("--exclude-tags", help="skip tasks with this @tag (repeatable; overrides load.exclude_tags)", metavar="TAG")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, max=MAX_WORKERS, help="Locust worker processes for the load (0: in this process; default: load.workers)")]
+EXTERNAL_READY_TIMEOUT = 120.0  # = rollout.load.distributed.EXTERNAL_READY_TIMEOUT (not imported: `--help` imports no locust)
+ExpectWorkersOpt = Annotated[Optional[int], typer.Option("--expect-workers", min=1, max=MAX_WORKERS, help="start no worker here: wait for N "
+                                                         "`rollout load-worker --master THIS_HOST:PORT` processes (other machines, CI runners) to join", metavar="N")]
+MasterBindOpt = Annotated[Optional[str], typer.Option("--master-bind", help="with --expect-workers: where the Locust master listens for them "
+                                                      "(default 0.0.0.0:5557, Locust's own)", metavar="HOST:PORT")]
+ReadyTimeoutOpt = Annotated[float, typer.Option("--ready-timeout", min=1.0, help="with --expect-workers: how long to wait for them to join "
+                                                "before exit 3 (seconds)")]
 KubeconfigOpt = Annotated[Optional[str], typer.Option("--kubeconfig", help="kubernetes: the kubeconfig file (overrides the plan's and $KUBECONFIG)")]
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="kubernetes: the kubeconfig context (overrides the plan's; default: the current one)")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="kubernetes: the namespace (overrides the plan's and the context's)")]
@@ -314,11 +321,28 @@ def _exporter(plan_name: str, metrics: str | None) -> Any:
         raise BackendError(f"cannot serve metrics on {metrics}: {exc.strerror or exc}", "pick a free port") from None
 
 
+def _external(expect: int | None, bind: str | None, ready_timeout: float, workers: int | None) -> Any:
+    """--expect-workers/--master-bind/--ready-timeout -> (N, rollout.load.distributed.External), or None (checked: exit 2)."""
+    from rollout.errors import UsageError
+
+    if expect is None:
+        if bind is not None:
+            raise UsageError("--master-bind is for external workers", "add --expect-workers N (or leave --master-bind out)")
+        return None
+    if workers:
+        raise UsageError(f"--workers {workers} and --expect-workers {expect}: either local worker processes or external ones",
+                         "give one of them")
+    from rollout.load.distributed import DEFAULT_MASTER_PORT, External, parse_address
+
+    host, port = parse_address(bind or f"0.0.0.0:{DEFAULT_MASTER_PORT}", "--master-bind")
+    return expect, External(host, port, ready_timeout)
+
+
 def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one_stage: bool,
            conn: dict[str, str | None] | None = None, force: bool = False, reports: Any = None, image: list[str] | None = None,
            workers: int | None = None, quiet: bool = False, metrics: str | None = None,
            tags: list[str] | None = None, exclude_tags: list[str] | None = None, prepare: Any = None,
-           ask: tuple[str, dict[str, Any], float] | None = None) -> int:
+           ask: tuple[str, dict[str, Any], float] | None = None, external: tuple[int, Any] | None = None) -> int:
     """Drive the rollout: run, advance; resume and retry with `prepare` (which checks the state and returns
     drive()'s arguments); with `ask` = (reason, args, timeout) a held lock means: ask the driver instead."""
     from rollout.inputs import DriveRequest
@@ -352,11 +376,11 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
 
-        n_workers = workers if workers is not None else loaded.plan.load.workers
-        if n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed)
+        n_workers = external[0] if external is not None else (workers if workers is not None else loaded.plan.load.workers)
+        if n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed), or N that join
             from rollout.load.distributed import load_runner as distributed_runner
 
-            engine.load_runner = distributed_runner(n_workers)
+            engine.load_runner = distributed_runner(n_workers, external[1] if external is not None else None)
         capture = engine.load_runner = Capture(engine.load_runner)  # keeps each stage's timeline for the reports
         exporter = _exporter(loaded.plan.name, metrics)
         if exporter is not None:
@@ -410,22 +434,24 @@ def run(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = None
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
         junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
         workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None, tags: TagsOpt = None, exclude_tags: ExcludeTagsOpt = None,
+        expect_workers: ExpectWorkersOpt = None, master_bind: MasterBindOpt = None, ready_timeout: ReadyTimeoutOpt = EXTERNAL_READY_TIMEOUT,
         wait: Annotated[bool, typer.Option("--wait", help="when a stage waits for a person, keep waiting (lock released) "
                                            "for `approve`/`reject` from anyone, and apply the review timeout when it passes")] = False) -> int:
     """Run every remaining stage: until promoted, rolled back, or paused for a person (or, with --wait, through pauses)."""
     from rollout.report.outputs import ReportPaths
 
     conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
+    external = _external(expect_workers, master_bind, ready_timeout, workers)
     code = _drive(plan, version, state_dir, "run", one_stage=False, conn=conn, force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port,
-                  tags=tags, exclude_tags=exclude_tags)
+                  tags=tags, exclude_tags=exclude_tags, external=external)
     while wait and code == EXIT_PAUSED:
         decided = _wait_for_person(plan, state_dir, conn)
         if decided is not None:
             return decided
         code = _drive(plan, None, state_dir, "run", one_stage=False, conn=conn, force=force,
                       reports=ReportPaths(json_out, junit, markdown, html), workers=workers, quiet=quiet, metrics=metrics_port,
-                  tags=tags, exclude_tags=exclude_tags)
+                  tags=tags, exclude_tags=exclude_tags, external=external)
     return code
 
 
@@ -469,13 +495,15 @@ def advance(plan: PlanArg, version: VersionOpt = None, state_dir: StateDirOpt = 
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, image: ImageOpt = None,
             junit: JunitOpt = None, json_out: JsonOpt = None, markdown: MarkdownOpt = None, html: HtmlOpt = None,
             workers: WorkersOpt = None, quiet: QuietOpt = False, metrics_port: MetricsOpt = None, tags: TagsOpt = None,
-            exclude_tags: ExcludeTagsOpt = None) -> int:
+            exclude_tags: ExcludeTagsOpt = None, expect_workers: ExpectWorkersOpt = None, master_bind: MasterBindOpt = None,
+            ready_timeout: ReadyTimeoutOpt = EXTERNAL_READY_TIMEOUT) -> int:
     """Run exactly the next stage, then stop (promotes when it was the last)."""
     from rollout.report.outputs import ReportPaths
 
+    external = _external(expect_workers, master_bind, ready_timeout, workers)
     return _drive(plan, version, state_dir, "advance", one_stage=True, conn=_conn(kubeconfig, context, namespace, step_timeout, request_timeout), force=force,
                   reports=ReportPaths(json_out, junit, markdown, html), image=image, workers=workers, quiet=quiet, metrics=metrics_port,
-                  tags=tags, exclude_tags=exclude_tags)
+                  tags=tags, exclude_tags=exclude_tags, external=external)
 
 
 @app.command()
@@ -498,6 +526,7 @@ def gate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
     version_header: Annotated[Optional[str], typer.Option("--version-header", help="the response header naming the version that "
                                                           "served a request (overrides load.version_header; default X-Version)")] = None,
+    expect_workers: ExpectWorkersOpt = None, master_bind: MasterBindOpt = None, ready_timeout: ReadyTimeoutOpt = EXTERNAL_READY_TIMEOUT,
 ) -> int:
     """Load a URL with the gates and say pass (0) or fail (1); no traffic moves. Exit 3: target unreachable."""
     import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
@@ -506,9 +535,40 @@ def gate(
     from rollout.gate import command
     from rollout.report.outputs import ReportPaths
 
+    external = _external(expect_workers, master_bind, ready_timeout, workers)
     return command(plan, host, locustfile, users, duration, gate_exprs or [], min_requests, spawn_rate, workers,
                    ReportPaths(json_out, junit, markdown, html), quiet=quiet, baseline=baseline, baseline_exprs=baseline_exprs or [],
-                   version_header=version_header, shape=shape, tags=tags, exclude_tags=exclude_tags)
+                   version_header=version_header, shape=shape, tags=tags, exclude_tags=exclude_tags, external=external)
+
+
+@app.command(name="load-worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def load_worker(
+    ctx: typer.Context,
+    master: Annotated[str, typer.Option("--master", help="the master to join: where `rollout gate/run/advance --expect-workers N "
+                                        "--master-bind ...` listens", metavar="HOST:PORT")],
+    locustfile: Annotated[str, typer.Option("--locustfile", "-f", help="the same Locust file as the master's (the users run here)")] = "locustfile.py",
+) -> int:
+    """Run one Locust worker with rollout's per-version recorder that joins a master elsewhere (another VM, a CI runner).
+
+    It is the command `load.workers` starts locally, pointed at HOST:PORT; the master sends each stage's
+    settings (version header, roles, cohort), so the gates get exact per-version histograms. Arguments after
+    `--` go to Locust as they are (the locustfile's own options, --tags). It exits when the master quits."""
+    import os
+    from pathlib import Path
+
+    from rollout.load.distributed import DEFAULT_MASTER_PORT, parse_address, worker_command, worker_env
+    from rollout.load.session import LocustfileInvalid
+    from rollout.load.worker_plugin import DEFAULT_SETTINGS
+
+    host, port = parse_address(master, "--master")
+    if not os.path.isfile(locustfile):
+        raise LocustfileInvalid(f"locustfile {locustfile} does not exist", "give the master's locustfile with --locustfile (a copy on this machine)")
+    cmd = worker_command(Path(locustfile), host, port, list(ctx.args))
+    print(f"joining the Locust master at {host}:{port} (default port {DEFAULT_MASTER_PORT}) with {locustfile}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, worker_env(DEFAULT_SETTINGS))  # this process becomes the worker: signals and exit code are Locust's
+    return EXIT_OK  # not reached
 
 
 @app.command()
@@ -602,11 +662,36 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     state = store.load()
     live = backend.inspect(state) if state is not None else None
     alive = driver_alive(state, store) if state is not None else None
+    watched = _watch_record(loaded, store)
     if output is Output.json:
-        print(json.dumps(status_dict(state, live, store.location(), alive), indent=2, default=str))
+        doc = status_dict(state, live, store.location(), alive)
+        if watched is not None:
+            doc["watch"] = watched
+        print(json.dumps(doc, indent=2, default=str))
     else:
         print(status_text(loaded.plan, state, live, store.location(), alive))
+        if watched is not None:
+            from rollout.plan.names import printable
+
+            print(f"\nWatch:    {printable(watched['summary'])}" + "".join(f"\n  FIRING  {printable(f)}" for f in watched["firing"]))
     return EXIT_OK
+
+
+def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
+    """What `rollout watch` last saved for this plan (its statistics, what fires), for status; None without one."""
+    if loaded.plan.watch is None:
+        return None
+    from rollout.watch import record
+    from rollout.watch.monitor import Monitor
+
+    saved = record.for_store(store, loaded.plan.name).load()
+    if not saved:
+        return None
+    m = Monitor.from_dict(loaded.plan.watch, saved)
+    if m.version is None:
+        return None
+    firing = [m.gates[n].detector.describe(m.what(n)) for n in m.firing]
+    return {"summary": m.summary(), "firing": firing, "checks": m.checks, "record": saved}
 
 
 @app.command(name="list")

@@ -143,6 +143,7 @@ class GateSetup:
     tags: tuple[str, ...] | None = None
     exclude_tags: tuple[str, ...] | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    external: Any = None  # rollout.load.distributed.External: `workers` join from elsewhere (`rollout load-worker`)
 
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
@@ -413,7 +414,7 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
             gate_exprs: list[str], min_requests: int, spawn_rate: float | None, workers: int | None,
             paths: Any, quiet: bool = False, baseline: str | None = None, baseline_exprs: list[str] | None = None,
             version_header: str | None = None, shape: str | None = None, tags: list[str] | None = None,
-            exclude_tags: list[str] | None = None) -> int:
+            exclude_tags: list[str] | None = None, external: tuple[int, Any] | None = None) -> int:
     """The whole `rollout gate`: resolve, probe, load and judge, write the reports; returns the exit code.
 
     Bad input raises UsageError/PlanInvalid (exit 2) before anything runs. An
@@ -426,6 +427,11 @@ def command(plan: str | None, host: str | None, locustfile: str | None, users: i
 
     setup = resolve(plan, host, locustfile, users, duration, gate_exprs, min_requests, spawn_rate, workers, baseline, baseline_exprs,
                     version_header, shape=shape, tags=tags, exclude_tags=exclude_tags)
+    if external is not None:  # --expect-workers N: the master here, N `rollout load-worker` processes join it
+        if setup.cluster is not None:
+            raise UsageError("--expect-workers with load.runner: kubernetes: the master runs in the cluster there",
+                             "leave out --expect-workers, or remove load.runner to run the master here")
+        setup.workers, setup.external = external
     load_runner = _load_runner(setup)
     started = time.time()
     quit_code = 3
@@ -468,7 +474,7 @@ def _load_runner(setup: GateSetup) -> Any:
     if setup.workers and setup.workers > 0:
         from rollout.load.distributed import run_load_distributed
 
-        return lambda spec, on_tick: run_load_distributed(spec, on_tick, workers=setup.workers)
+        return lambda spec, on_tick: run_load_distributed(spec, on_tick, workers=setup.workers, external=setup.external)
     from rollout.load.runner import run_load
 
     return run_load

@@ -5,6 +5,8 @@
 Faults (on /api/answer; GET /healthz always answers 200 "ok", as a liveness probe would see it):
     ok         200 {"version", "answer", "confidence"} with X-Version after --latency (a healthy version)
     hang       reads the request, never answers (the connection stays open)
+    partial-hang  --hang-share of the /api/answer requests (0.3: 3 in every 10, spread evenly) are
+               read and never answered; the others answer as ok
     reset      resets the connection (RST) as soon as the request is read
     garbage    200 with X-Version and a body that is not JSON
     raw        answers bytes that are not HTTP, then closes
@@ -24,7 +26,19 @@ import socket
 import struct
 import sys
 
-FAULTS = ("ok", "hang", "reset", "garbage", "raw", "noheader", "unlabelled")
+FAULTS = ("ok", "hang", "partial-hang", "reset", "garbage", "raw", "noheader", "unlabelled")
+
+
+class Hanger:
+    """Which requests a partial hang leaves unanswered: exactly `share` of them, evenly spread
+    (request n hangs when floor((n+1)*share) > floor(n*share)), so a test knows the count."""
+
+    def __init__(self, share: float) -> None:
+        self.share, self.n = share, 0
+
+    def next(self) -> bool:
+        n, self.n = self.n, self.n + 1
+        return int((n + 1) * self.share) > int(n * self.share)
 
 
 def response(status: str, body: bytes, headers: list[tuple[str, str]]) -> bytes:
@@ -32,7 +46,7 @@ def response(status: str, body: bytes, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: argparse.Namespace) -> None:
+async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args: argparse.Namespace, hanger: Hanger) -> None:
     version = [("X-Version", args.version)]
     try:
         while True:
@@ -55,7 +69,7 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args
                 await writer.drain()
                 continue
             fault = args.fault
-            if fault == "hang":
+            if fault == "hang" or (fault == "partial-hang" and hanger.next()):
                 await asyncio.Event().wait()  # forever: until the process is stopped
             if fault == "reset":
                 sock = writer.get_extra_info("socket")
@@ -85,7 +99,8 @@ async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, args
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    server = await asyncio.start_server(lambda r, w: serve(r, w, args), "127.0.0.1", args.port, backlog=1024)
+    hanger = Hanger(args.hang_share)
+    server = await asyncio.start_server(lambda r, w: serve(r, w, args, hanger), "127.0.0.1", args.port, backlog=1024)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", required=True)
     p.add_argument("--fault", choices=FAULTS, default="ok")
     p.add_argument("--latency", type=float, default=5.0, help="milliseconds before an answer (ok, garbage, noheader)")
+    p.add_argument("--hang-share", type=float, default=0.3, help="partial-hang: the share of requests never answered")
     args = p.parse_args(argv)
     asyncio.run(main_async(args))
     return 0

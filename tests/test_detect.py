@@ -114,3 +114,13 @@ def test_invalid_batches_are_refused() -> None:
     det = RateCusum(limit=0.1, h=5)
     with pytest.raises(ValueError):
         det.update(3, 4, 0.0)
+
+
+def test_a_severe_breach_clears_within_a_bounded_time_once_normal() -> None:
+    """The statistic is capped at twice its threshold: 100 % bad for an hour clears as fast as a short breach."""
+    rng = random.Random(8)
+    det = RateCusum(limit=0.05, h=10.0)
+    _run(det, 1.0, 3600, 20, rng)
+    assert det.firing and max(det.s) <= 2 * det.threshold_each + 1e-9
+    back = _run(det, 0.0, 600, 20, rng, t0=3600)
+    assert back and back[-1][1] is Change.RESOLVED and back[-1][0] < 3600 + 120

@@ -135,3 +135,42 @@ def test_a_slow_unlabelled_but_healthy_canary_is_still_promoted(rollout_env: Any
         assert stage["stats"]["canary"]["requests"] >= 40 and stage["stats"]["canary"]["failures"] == 0
         assert router["answered"] >= 40 and router["no_header"] == router["answered"]  # the router labelled them
         assert router["refused"] == router["reset"] == router["timeout"] == router["malformed"] == 0
+
+
+def faulty_share(version: str, share: float) -> dict[str, Any]:
+    return {"command": f"{{python}} {FAULTY} --port {{port}} --version {version} --fault partial-hang --hang-share {share} --latency 5"}
+
+
+def test_a_canary_hanging_a_third_of_its_requests_is_rolled_back_within_seconds(rollout_env: Any) -> None:
+    """30 % of the canary's requests never answered, the rest fine: no gate sees them before the router's 30 s
+    timeout turns them into 504s, and every Locust user that waits on one is lost to the load. The router's
+    stuck counts (no answer after 2 s, against stable's in the same window) roll it back within seconds."""
+    ro = rollout_env([{**TEN, "duration": "40s"}], gates=EXAMPLE_GATES, versions={"v1": service("v1"), "v2": faulty_share("v2", 0.3)})
+    r = ro("run", "--version", "v2")
+    state = assert_rolled_back(ro, r, "canary v2 leaves requests unanswered", "still unanswered after 2 s", "stable v1: 0 of")
+    stage = state["stages"][-1]
+    failed = [v for v in stage["verdicts"] if v["status"] == "fail"]
+    assert failed[0]["gate"] == "canary-alive" and failed[0]["observed"] >= 0.1, failed
+    # measured 4.9-6.0 s to the stage's end, 5.0-6.2 s to all traffic on stable (4 stuck requests, 2 s each, then a tick);
+    # the bounds leave room for a busy machine and still stand far from the 30 s upstream timeout
+    assert stage["ended_at"] - stage["started_at"] < DETECT_WITHIN + 2, "judged in the tick, long before the 30 s upstream timeout"
+    assert at(state, "stable") - stage["started_at"] < STABLE_WITHIN + 2
+    router = stage["stats"]["router"]
+    assert router["canary"]["stuck"] >= 4 and router["stable"]["stuck"] == 0
+
+
+def test_stable_hanging_as_much_is_not_blamed_on_the_canary(rollout_env: Any) -> None:
+    """Both versions leave 30 % of their requests unanswered (a dependency they share stalls): the
+    partial-hang rule compares with stable in the same window, so canary-alive does not fail the canary."""
+    # half the traffic each and 40 users: every user ends up waiting on a hung request, about half of them the canary's
+    ro = rollout_env([{"name": "half", "weight": 50, "duration": "8s"}], gates=EXAMPLE_GATES, users=40,
+                     versions={"v1": faulty_share("v1", 0.3), "v2": faulty_share("v2", 0.3)})
+    r = ro("run", "--version", "v2")
+    assert r.returncode in (0, 1, 4), r.stdout + r.stderr
+    stage = ro.status()["state"]["stages"][-1]
+    alive = [v for v in stage["verdicts"] if v["gate"] == "canary-alive"]
+    assert not [v for v in alive if v["status"] == "fail"], alive
+    assert "leaves requests unanswered" not in (stage.get("reason") or "")
+    router = stage["stats"]["router"]
+    # both stuck, the canary enough to be judged: the rule had something to weigh, and stable's share cleared it
+    assert router["canary"]["stuck"] >= 4 and router["stable"]["stuck"] >= 4, router

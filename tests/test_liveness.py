@@ -200,7 +200,8 @@ def test_the_router_counts_every_request_for_its_version_answered_or_not(start_r
     deadline = time.monotonic() + 5
     while versions().get("hang", {}).get("in_flight") != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert versions()["hang"] == {**versions()["hang"], "routed": 1, "answered": 0, "in_flight": 1}
+    hung = versions()["hang"]
+    assert hung == {**hung, "routed": 1, "answered": 0, "in_flight": 1}
     t.join(15)
     assert got == [504]
 
@@ -219,3 +220,144 @@ def test_the_canary_listener_without_a_canary_answers_503(start_router: Any, fau
     resp = httpx.get(f"http://127.0.0.1:{r.ready['canary_port']}/api/answer", timeout=10, trust_env=False)
     assert resp.status_code == 503 and "no canary" in resp.text
     assert router_client.get_config(r.admin)["errors"]["no_canary"] == 1
+
+
+# --------------------------------------------------------------------------- hanging some requests (partial hang)
+
+
+def hanging(due: int, stuck: int, answered: int, **gauges: int) -> dict[str, int]:
+    """Router counters of a version whose answers came due `due` times, `stuck` of them unanswered then."""
+    return counters(routed=due + 10, answered=answered, in_flight=stuck, due=due, stuck=stuck, **gauges)
+
+
+def test_a_canary_hanging_a_third_of_its_requests_fails_naming_the_numbers() -> None:
+    f = Feed()
+    assert f.tick(1.0, hanging(0, 0, 8), stable=hanging(0, 0, 80)).status is Status.PENDING
+    assert f.tick(2.0, hanging(0, 0, 14), stable=hanging(0, 0, 160)).status is Status.PENDING  # nothing due yet
+    v = f.tick(3.0, hanging(9, 3, 20), stable=hanging(80, 0, 240))
+    assert v.status is Status.PENDING, v.message  # 3 stuck: too few to blame anyone
+    v = f.tick(4.0, hanging(18, 6, 26, stuck_now=6, oldest_wait_ms=3900), stable=hanging(160, 0, 320))
+    assert v.status is Status.FAIL and v.gate == "canary-alive"
+    assert v.message == ("canary v2 leaves requests unanswered: 6 of 18 requests routed to it in 4 s still unanswered after 2 s; "
+                         "stable v1: 0 of 160 (6 waiting now, the oldest for 3.9 s)")
+    assert v.observed == pytest.approx(6 / 18) and v.requests == 18
+    assert f.tick(5.0, hanging(18, 6, 40), stable=hanging(160, 0, 400)).status is Status.FAIL  # stays failed
+    assert "unanswered after 2 s" in f.check.describe(f.stats)
+
+
+def test_the_routers_stuck_after_is_named() -> None:
+    f = Feed()
+    probe = CanaryProbe("v2", None, {"v1": hanging(300, 0, 300), "v2": hanging(30, 10, 20)}, stuck_after=0.5)
+    v = f.check.observe(1.0, f.stats, probe)
+    assert v.status is Status.FAIL and "10 of 30 requests routed to it in 1 s still unanswered after 0.5 s; stable v1: 0 of 300" in v.message
+
+
+def test_stable_as_stuck_is_a_shared_slowness_not_the_canarys() -> None:
+    f = Feed()  # a dependency both use stalls: a third of everyone's requests wait past 2 s
+    for t in range(1, 8):
+        v = f.tick(float(t), hanging(10 * t, 3 * t, 7 * t), stable=hanging(90 * t, 30 * t, 60 * t))
+        assert v.status is Status.PENDING, v.message
+    g = Feed()  # stable stalls a little too, but far less than the canary: still the canary's fault
+    for t in range(1, 5):
+        v = g.tick(float(t), hanging(10 * t, 4 * t, 6 * t), stable=hanging(90 * t, t, 89 * t))
+        if v.status is Status.FAIL:
+            break
+    assert v.status is Status.FAIL and v.message.endswith("8 of 20 requests routed to it in 2 s still unanswered after 2 s; stable v1: 2 of 180")
+
+
+def test_a_slow_but_healthy_canary_and_a_rare_stuck_request_are_not_failed() -> None:
+    f = Feed()  # 1.5 s answers: slow, yet none waits past 2 s
+    for t in range(1, 11):
+        assert f.tick(float(t), counters(routed=10 * t + 15, answered=10 * t, in_flight=15, due=10 * t, stuck=0), stable=hanging(90 * t, 0, 90 * t)).status is Status.PENDING
+    g = Feed()  # 1 in 50 of the canary's requests stuck: under the 10 % share this check is about (the gates judge it)
+    for t in range(1, 11):
+        v = g.tick(float(t), hanging(50 * t, t, 49 * t), stable=hanging(450 * t, 0, 450 * t))
+        assert v.status is Status.PENDING, v.message
+
+
+def test_no_stable_traffic_to_compare_with_is_no_verdict() -> None:
+    f = Feed()  # a `load_to: canary` stage: nothing tells a hanging canary from a stalled shared dependency
+    for t in range(1, 6):
+        v = f.tick(float(t), hanging(10 * t, 4 * t, 6 * t), stable=hanging(0, 0, 0))
+    assert v.status is Status.PENDING
+    final = f.check.observe(6.0, f.stats, CanaryProbe("v2", None, {"v1": hanging(0, 0, 0), "v2": hanging(60, 24, 36)}), final=True)
+    assert final.status is Status.PASS
+
+
+def test_stuck_requests_older_than_the_window_do_not_count() -> None:
+    f = Feed()  # 3 stuck every 4 s: 9 of 45 (20 %) over the stage, never more than 3 in a 3 s window
+    f.check.stuck_window = 3.0
+    for t in range(1, 10):
+        v = f.tick(float(t), hanging(5 * t, 3 * (1 + (t - 1) // 4), 5 * t), stable=hanging(90 * t, 0, 90 * t))
+        assert v.status is Status.PENDING, v.message
+
+
+def test_stuck_test_is_a_one_sided_fisher_test() -> None:
+    from rollout.gates.liveness import stuck_test
+
+    from math import comb
+
+    assert stuck_test(4, 13, 0, 140) == pytest.approx(comb(13, 4) / comb(153, 4))  # all 4 stuck ones among the canary's 13
+    assert stuck_test(5, 20, 1, 180) == pytest.approx(sum(comb(20, k) * comb(180, 6 - k) for k in (5, 6)) / comb(200, 6))
+    assert stuck_test(4, 13, 0, 140) < 1e-4 < stuck_test(3, 13, 0, 140)
+    assert stuck_test(0, 10, 5, 90) == 1.0
+    assert stuck_test(5, 50, 45, 450) > 0.4  # the same share on both sides is no evidence
+
+
+def test_the_router_counts_requests_stuck_past_its_threshold_per_version(start_router: Any) -> None:
+    """A canary leaving 3 of every 10 requests unanswered, a healthy stable, half the traffic each, 20 requests
+    at once: both versions' answers come due, the canary's 3 hung ones are stuck (and waiting), stable's none."""
+    services: list[subprocess.Popen[bytes]] = []
+    ports = []
+    try:
+        for version, fault in (("v1", "ok"), ("v2", "partial-hang")):
+            port = free_port()
+            services.append(subprocess.Popen([sys.executable, str(FAULTY), "--port", str(port), "--version", version, "--fault", fault,
+                                              "--latency", "0", "--hang-share", "0.3"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            ports.append(port)
+        for proc, port in zip(services, ports):
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        r = start_router(cfg(ports[0], ports[1], weight=0.5), "--stuck-after", "0.5", "--upstream-timeout", "4")
+        url = f"http://127.0.0.1:{r.ready['port']}/api/answer"
+        got: list[int] = []
+        threads = [threading.Thread(target=lambda: got.append(httpx.get(url, timeout=15, trust_env=False).status_code)) for _ in range(20)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cfg_now = router_client.get_config(r.admin)
+            v = cfg_now["versions"]
+            if v.get("v1", {}).get("due") == 10 and v.get("v2", {}).get("due") == 10 and v["v2"]["stuck"] == 3:
+                break
+            time.sleep(0.05)
+        assert cfg_now["router"]["stuck_after_s"] == 0.5
+        assert v["v1"] == {**v["v1"], "routed": 10, "answered": 10, "due": 10, "stuck": 0, "stuck_now": 0, "in_flight": 0}
+        assert v["v2"] == {**v["v2"], "routed": 10, "answered": 7, "due": 10, "stuck": 3, "stuck_now": 3, "in_flight": 3}
+        assert 500 <= v["v2"]["oldest_wait_ms"] < 4500
+        for t in threads:
+            t.join(20)
+        assert sorted(got) == [200] * 17 + [504] * 3  # the hung ones end at the upstream timeout
+        v = router_client.get_config(r.admin)["versions"]
+        assert v["v2"] == {**v["v2"], "stuck": 3, "stuck_now": 0, "timeout": 3, "in_flight": 0, "oldest_wait_ms": 0}  # stuck stays counted
+    finally:
+        for proc in services:
+            stop(proc)
+
+
+def test_the_router_refuses_a_stuck_after_that_is_not_a_positive_number(tmp_path: Path) -> None:
+    config = tmp_path / "r.json"
+    config.write_text('{"stable": {"version": "v1", "port": 9}}')
+    for bad in ("0", "-1", "nan", "inf"):
+        r = subprocess.run([sys.executable, "-m", "rollout.backends.local.router", "--port", "0", "--admin-port", "0",
+                            "--config", str(config), "--stuck-after", bad], env=ENV, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 2 and "--stuck-after must be a positive number" in r.stderr, (bad, r.stderr)
+
+
+def test_a_plan_that_accepts_slow_answers_turns_the_partial_hang_rule_off() -> None:
+    """A p95 limit of 1.5 s accepts a tail past 2 s: a canary slower than stable yet within it is not failed here."""
+    for slowest_ms, expected in ((1500.0, Status.PENDING), (1000.0, Status.PENDING), (250.0, Status.FAIL), (None, Status.FAIL)):
+        check = CanaryLiveness("v2", "v1", slowest_ms=slowest_ms)
+        stats = StageStats()
+        check.observe(0.0, stats, CanaryProbe("v2", None, {"v1": counters(), "v2": counters()}))
+        v = check.observe(1.0, stats, CanaryProbe("v2", None, {"v1": hanging(300, 0, 300), "v2": hanging(30, 10, 20)}))
+        assert v.status is expected, (slowest_ms, v.message)

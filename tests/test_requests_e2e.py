@@ -141,7 +141,9 @@ def test_abort_from_a_second_process_while_run_is_mid_stage(rollout_env: Any) ->
 
 
 def test_pause_then_resume_reruns_the_stage_and_promotes(rollout_env: Any) -> None:
-    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "120s", "min_duration": "2s"}], gates={})
+    # a sequential gate passes as soon as the evidence is credible (min_duration 2 s): the resumed stage ends early
+    ro = rollout_env([{"name": "ten", "weight": 10, "duration": "120s", "min_duration": "2s"}],
+                     gates={"errors": {"metric": "error_rate", "max": "5%"}})
     data = ro.plan.read_text()
     ro.plan.write_text(data)
     proc = ro.popen("run", "--version", "v2")

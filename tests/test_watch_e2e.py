@@ -31,6 +31,8 @@ from tests.test_local_e2e import LOCUSTFILE, SERVICE, alive
 
 pytestmark = pytest.mark.slow
 
+LOW_CONFIDENCE = {"bad": 'sum(answer_confidence_bucket{version="{version}",le="0.7"})',
+                  "total": 'sum(answer_confidence_count{version="{version}"})'}
 ERRORS = {"bad": 'sum(http_requests_total{version="{version}",status="500"})', "total": 'sum(http_requests_total{version="{version}"})'}
 
 
@@ -48,7 +50,9 @@ class Env:
             "stages": [{"name": "half", "weight": 50, "duration": "2s"}],
             "notify": [{"url": am_url, "format": "alertmanager", "retries": 1, "timeout": 3}],
             "watch": {"every": "1s", "false_alarm_every": "1h", "blind_after": "3s", "resend": "5s", "on_breach": on_breach,
-                      "gates": {"errors": {"max": "0.5%", "what": "error rate", "prometheus": {"url": prom_url, **ERRORS}}}},
+                      "gates": {"errors": {"max": "0.5%", "what": "error rate", "prometheus": {"url": prom_url, **ERRORS}},
+                                "low-confidence": {"max": "5%", "what": "share of answers below 0.7 confidence",
+                                                   "prometheus": {"url": prom_url, **LOW_CONFIDENCE}}}},
         }
         if bake:
             plan["bake"] = {"duration": bake}
@@ -162,7 +166,7 @@ def test_a_degrading_promoted_version_is_reverted_and_its_alert_fires_then_resol
         assert _active(env.am, "RolloutWatchBreach") == []
         assert e.state_doc()["stable_version"] == "v2"
         degraded_at = time.time()
-        e.degrade("v2", error_rate=0.03)
+        e.degrade("v2", error_rate=0.02)  # the issue's case: a promoted version starts failing 2 %
         fired = wait_until(lambda: _active(env.am, "RolloutWatchBreach"), 60)
         assert fired, "no breach alert reached Alertmanager"
         labels = fired[0]["labels"]
@@ -184,6 +188,8 @@ def test_a_degrading_promoted_version_is_reverted_and_its_alert_fires_then_resol
         out, _ = watch.communicate(timeout=30)
     assert watch.returncode == 1, out  # it reverted
     assert "BREACH" in out and "reverted to revision" in out
+    shown = e.cli("status")
+    assert "Watch:    watching v1" in shown.stdout, shown.stdout  # the reverted version, judged from scratch
     st = e.state_doc()
     rev = [h for h in st["history"] if h["action"] == "revert"][-1]
     assert rev["who"].startswith("rollout watch") and "error rate" in rev["detail"] and "requests" in rev["detail"]
@@ -191,23 +197,28 @@ def test_a_degrading_promoted_version_is_reverted_and_its_alert_fires_then_resol
 
 
 def test_on_breach_alert_only_alerts_and_resolves_when_back_to_normal(env: Any) -> None:
+    """The model got worse though every answer is 200 OK: mean confidence 0.9 → 0.6."""
     e = env("alert")
     promote_v2(e)
     traffic = Traffic(e.entry())
     watch = e.watch("--for", "150s")
     try:
-        assert wait_until(lambda: env.prom.query('sum(http_requests_total{version="v2"})'), 30)
+        assert wait_until(lambda: env.prom.query('sum(answer_confidence_count{version="v2"})'), 30)
         time.sleep(3)
-        e.degrade("v2", error_rate=0.05)
-        assert wait_until(lambda: _active(env.am, "RolloutWatchBreach"), 60), "no breach alert"
+        e.degrade("v2", confidence=0.6)
+        fired = wait_until(lambda: _active(env.am, "RolloutWatchBreach"), 60)
+        assert fired and fired[0]["labels"]["gate"] == "low-confidence", fired
+        assert "confidence" in fired[0]["annotations"]["summary"]
         assert e.state_doc()["stable_version"] == "v2"  # alert only: nothing reverted
-        e.degrade("v2", error_rate=0.0)
+        e.degrade("v2", confidence=0.9)
         assert wait_until(lambda: not _active(env.am, "RolloutWatchBreach"), 110), "the alert did not resolve"
     finally:
         traffic.close()
         watch.send_signal(signal.SIGTERM)
         out, _ = watch.communicate(timeout=30)
     assert "BREACH" in out and "RESOLVED" in out, out
+    doc = json.loads(e.cli("status", "-o", "json").stdout)
+    assert doc["watch"]["record"]["version"] == "v2" and doc["watch"]["firing"] == []
     assert e.state_doc()["stable_version"] == "v2"
     assert watch.returncode == 0, out  # nothing firing at the end, nothing reverted
 
@@ -290,7 +301,7 @@ def test_a_clean_bake_promotes_and_releases_the_previous_version(env: Any) -> No
 
 def test_a_breach_during_the_bake_rolls_back_to_the_version_kept_ready(env: Any) -> None:
     e = env("revert", bake="40s")
-    e.degrade("v2", error_rate=0.08)  # passes the stage's lax gate (50 %), not the watch's 0.5 %
+    e.degrade("v2", error_rate=0.02)  # 2 %: passes the stage's lax gate (50 %), not the watch's 0.5 %
     r, traffic, pids = _run_with_traffic(e)
     assert r.returncode == 1, r.stdout
     st = e.state_doc()

@@ -44,7 +44,7 @@ from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
 from rollout.notify import Notifier
 from rollout.plan.loader import LoadedPlan
-from rollout.plan.model import Stage
+from rollout.plan.model import LATENCY_METRICS, Stage
 from rollout.testing.killpoints import kill_point  # test-only crash points; inert unless a test sets them
 
 LoadRunner = Callable[[Any, Callable[[StageStats], bool]], StageStats]
@@ -357,7 +357,8 @@ class Engine:
         gates = self.plan.stage_gates(i)
         judge = StageJudge(gates)
         failing: list[Verdict] = []
-        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version)
+        limits = [float(g.max) for g in gates.values() if g.metric in LATENCY_METRICS and g.compare is None and g.max is not None]
+        alive = liveness.CanaryLiveness(st.canary_version, st.stable_version, slowest_ms=max(limits) if limits else None)
         alive.observe(0.0, StageStats(), self._canary_probe())  # the window's start: the counters before any load
 
         early: list[float] = []
@@ -382,6 +383,22 @@ class Engine:
                 early.append(stats.elapsed)
                 return True
             return False
+
+        version = getattr(self.mailbox, "version", None)
+        if version is not None:  # a mailbox that can say cheaply that something was posted: look every 0.1 s
+            seen = [version()]
+
+            def interrupt() -> bool:
+                now = version()
+                if now == seen[0]:
+                    return False
+                seen[0] = now
+                req = self._take_request(stage_running=True)
+                if req is not None:
+                    self._request = req
+                return req is not None
+
+            on_tick.interrupt = interrupt  # type: ignore[attr-defined]
 
         spec = self._load_spec(i)
         try:

@@ -15,6 +15,22 @@ review), whatever the gates' minimums:
 - **not succeeding**: over the last `window` seconds none of the requests the
   load generator charged to the canary succeeded (errors, a body that is not
   what the locustfile or a json metric expects), with at least `min_requests`.
+- **hanging some requests**: over the last `stuck_window` seconds (the stage
+  so far, at its start) a credible share of the requests routed to the canary
+  got no answer within the router's `stuck_after` (2 s), while stable's did.
+  Those requests would reach the gates only as 504s, after the router's 30 s
+  upstream timeout, and a closed-loop load generator loses every user that
+  waits on one, so the evidence must be taken from the router while it is
+  fresh. Conservative on purpose, since a slow but healthy canary must pass:
+  at least `MIN_STUCK` stuck requests and `MIN_STUCK_SHARE` of the canary's,
+  stable's share under `STABLE_SHARE_RATIO` of the canary's, and a one-sided
+  Fisher exact test (canary stuck more often than stable) below `STUCK_ALPHA`;
+  never judged without stable traffic to compare with (`MIN_STABLE_DUE`): a
+  slow dependency both share is not the canary's fault (and with no stable
+  traffic, a `load_to: canary` stage, it cannot be told apart). Off when the
+  stage's own absolute latency limits reach half of `stuck_after` (`slowest_ms`):
+  a plan that accepts a p95 of 1 s accepts a tail past 2 s, and a canary within
+  its limits must still be promoted.
 
 Not blamed on the canary: the same silence from the stable version in the same
 window (something they share is down; the gates and health checks say so).
@@ -36,6 +52,16 @@ TICK_SLACK = 0.25  # ticks drift a little past each second: a snapshot this much
 
 FAILURE_KINDS = ("refused", "reset", "timeout", "malformed", "aborted")
 
+# hanging some requests (see the module docstring); the router's VersionCounters `due`/`stuck`
+STUCK_WINDOW = 10.0  # seconds of evidence: the stage so far, at its start (hung users stop a closed-loop load)
+DEFAULT_STUCK_AFTER = 2.0  # the router's --stuck-after, when it does not say
+MIN_STUCK = 4  # stuck canary requests in the window, at least
+MIN_STUCK_SHARE = 0.10  # of the canary's requests due in the window
+STABLE_SHARE_RATIO = 0.2  # stable's stuck share must be under a fifth of the canary's
+STUCK_ALPHA = 1e-4  # one-sided Fisher exact test, canary vs stable, every tick
+MIN_STABLE_DUE = 20  # stable requests due in the window: without them there is nothing to compare with
+GAUGES = ("in_flight", "stuck_now", "oldest_wait_ms")  # router numbers that are not cumulative counters
+
 
 @dataclass(frozen=True)
 class CanaryProbe:
@@ -45,11 +71,13 @@ class CanaryProbe:
     (killed by SIGKILL)"), or None. `counters`: the router's cumulative
     per-version counts (rollout.backends.local.router.VersionCounters, by
     version name), or None when the backend's router cannot tell.
+    `stuck_after`: the router's --stuck-after (seconds), when it says.
     """
 
     version: str | None
     down: str | None = None
     counters: dict[str, dict[str, int]] | None = None
+    stuck_after: float | None = None
 
 
 @dataclass
@@ -67,9 +95,13 @@ class CanaryLiveness:
     """Fed every tick with the stage's statistics and a backend probe; says FAIL once the canary cannot serve."""
 
     def __init__(self, canary: str | None, stable: str, window: float = WINDOW_SECONDS,
-                 min_routed: int = MIN_ROUTED, min_requests: int = MIN_REQUESTS) -> None:
+                 min_routed: int = MIN_ROUTED, min_requests: int = MIN_REQUESTS,
+                 stuck_window: float = STUCK_WINDOW, slowest_ms: float | None = None) -> None:
         self.canary, self.stable = canary, stable
         self.window, self.min_routed, self.min_requests = window, min_routed, min_requests
+        self.stuck_window = stuck_window
+        self.slowest_ms = slowest_ms  # the stage's largest absolute latency limit, if any
+        self.stuck_after = DEFAULT_STUCK_AFTER
         self.snaps: deque[_Snapshot] = deque()
         self.start_router: dict[str, dict[str, int]] | None = None
         self.failed: Verdict | None = None
@@ -93,11 +125,14 @@ class CanaryLiveness:
         if router is not None and self.start_router is None:
             self.start_router = router
         if router is not None and self.start_router is not None:  # what the router did during this stage, for the record
-            stats.router = {role: {k: _delta(c, self.start_router.get(role), k) for k in c if k != "in_flight"}
-                            | {"in_flight": int(c.get("in_flight", 0))} for role, c in router.items()}
+            stats.router = {role: {k: _delta(c, self.start_router.get(role), k) for k in c if k not in GAUGES}
+                            | {k: int(c[k]) for k in GAUGES if k in c} for role, c in router.items()}
+        if probe is not None and probe.stuck_after:
+            self.stuck_after = float(probe.stuck_after)
         self.snaps.append(snap)
-        while len(self.snaps) > 2 and self.snaps[1].t <= t - self.window + TICK_SLACK:
-            self.snaps.popleft()  # keep the newest snapshot that still opens a full window
+        keep = max(self.window, self.stuck_window)
+        while len(self.snaps) > 2 and self.snaps[1].t <= t - keep + TICK_SLACK:
+            self.snaps.popleft()  # keep the newest snapshot that still opens the longest window
         if self.failed is not None:
             return self.failed
         verdict = self._judge(snap, stats, probe, final)
@@ -107,10 +142,16 @@ class CanaryLiveness:
 
     # -- judging -----------------------------------------------------------
 
-    def _base(self, now: _Snapshot) -> tuple[_Snapshot, bool]:
-        """The snapshot that opens the window, and whether the window is complete."""
+    def _base(self, now: _Snapshot, window: float | None = None) -> tuple[_Snapshot, bool]:
+        """The snapshot that opens the window (the newest one old enough, else the oldest kept),
+        and whether the window is complete."""
+        limit = now.t - (self.window if window is None else window) + TICK_SLACK
         base = self.snaps[0]
-        return base, base.t <= now.t - self.window + TICK_SLACK
+        for snap in self.snaps:
+            if snap.t > limit:
+                break
+            base = snap
+        return base, base.t <= limit
 
     def _router_window(self, base: _Snapshot, now: _Snapshot, role: str) -> tuple[int, int, dict[str, int]] | None:
         """(requests the version could have answered in the window, answered, failures by kind) from the router."""
@@ -156,6 +197,9 @@ class CanaryLiveness:
                 if router is not None and router[2]:
                     msg += " (router: " + ", ".join(f"{k} {v}" for k, v in router[2].items()) + ")"
                 return Verdict(NAME, Status.FAIL, msg, "canary", 0.0, None, n)
+        hung = self._partial_hang(now, who)
+        if hung is not None:
+            return hung
         status = Status.PASS if final else Status.PENDING
         if evidence:
             msg = f"{who} answering: {evidence}"
@@ -163,6 +207,36 @@ class CanaryLiveness:
             n, failures = self._client_window(base, now, "canary")
             msg = f"{who} answering: {n - failures} of {n} requests to it succeeded in the last {span:.0f} s"
         return Verdict(NAME, status, msg, "canary", None, None, router[0] if router else 0)
+
+    def _stuck_counts(self, base: _Snapshot, now: _Snapshot, role: str) -> tuple[int, int]:
+        """(requests routed to the role's version whose answer came due in the window, those still unanswered then)."""
+        if now.router is None or base.router is None or role not in now.router:
+            return 0, 0
+        c1, c0 = now.router[role], base.router.get(role) or {}
+        return _delta(c1, c0, "due"), _delta(c1, c0, "stuck")
+
+    def _partial_hang(self, now: _Snapshot, who: str) -> Verdict | None:
+        """FAIL when a credible share of the canary's requests got no answer within `stuck_after`
+        while stable's did (see the module docstring); None when there is no such evidence."""
+        if self.slowest_ms is not None and self.slowest_ms * 2 >= self.stuck_after * 1000:
+            return None  # the plan accepts answers this slow: a wait past `stuck_after` is no evidence of a hang
+        base, _ = self._base(now, self.stuck_window)
+        due, stuck = self._stuck_counts(base, now, "canary")
+        if stuck < MIN_STUCK or due <= 0 or stuck < MIN_STUCK_SHARE * due:
+            return None
+        s_due, s_stuck = self._stuck_counts(base, now, "stable")
+        if s_due < MIN_STABLE_DUE or s_stuck / s_due >= STABLE_SHARE_RATIO * stuck / due:
+            return None
+        p = stuck_test(stuck, due, s_stuck, s_due)
+        if p >= STUCK_ALPHA:
+            return None
+        span = now.t - base.t
+        c = (now.router or {}).get("canary") or {}
+        msg = (f"{who} leaves requests unanswered: {stuck} of {due} requests routed to it in {span:.0f} s still unanswered "
+               f"after {self.stuck_after:g} s; stable {self.stable}: {s_stuck} of {s_due}")
+        if c.get("stuck_now"):
+            msg += f" ({c['stuck_now']} waiting now, the oldest for {int(c.get('oldest_wait_ms', 0)) / 1000:.1f} s)"
+        return Verdict(NAME, Status.FAIL, msg, "canary", stuck / due, None, due)
 
     def describe(self, stats: StageStats) -> str:
         """What happened to the canary's requests during the stage, when something went wrong with them:
@@ -176,6 +250,8 @@ class CanaryLiveness:
                 kinds["still waiting"] = c["in_flight"]
             if c.get("no_header"):
                 kinds["without the version header"] = c["no_header"]
+            if c.get("stuck"):
+                kinds[f"unanswered after {self.stuck_after:g} s"] = c["stuck"]
             if kinds:
                 parts.append(f"{c.get('answered', 0)} of {c['routed']} requests routed to it answered ("
                              + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
@@ -191,3 +267,13 @@ class CanaryLiveness:
     def _stable_failing_too(self, base: _Snapshot, now: _Snapshot) -> bool:
         n, failures = self._client_window(base, now, "stable")
         return n >= self.min_requests and failures == n
+
+
+def stuck_test(stuck: int, due: int, s_stuck: int, s_due: int) -> float:
+    """One-sided Fisher exact test: the p-value of the canary's requests getting stuck at least this much
+    more often than stable's, were both equally likely to (hypergeometric tail). Exact for small counts,
+    which is what a few seconds of a 10 % canary give."""
+    from scipy.stats import hypergeom  # only when there is something to test
+
+    total, stuck_all = due + s_due, stuck + s_stuck
+    return float(hypergeom.sf(stuck - 1, total, stuck_all, due))

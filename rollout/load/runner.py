@@ -292,7 +292,10 @@ def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Ca
     """The one load loop (in-process and master/worker): a tick a second until the stage's time or
     request bound is reached, the shape ended (`ended`) or `on_tick` says stop. Returns the elapsed seconds.
 
-    No request at all after `spec.no_request_timeout` seconds is a broken load, not a slow one: LoadError."""
+    No request at all after `spec.no_request_timeout` seconds is a broken load, not a slow one: LoadError.
+    `on_tick.interrupt`, when the callback carries one, is asked every 0.1 s between ticks (it must be cheap):
+    True ends the loop at once."""
+    interrupt: Callable[[], bool] | None = getattr(on_tick, "interrupt", None)
     next_tick = start + TICK_SECONDS
     while True:
         now = time.monotonic()
@@ -314,6 +317,8 @@ def tick_until_done(runner: Any, recorder: Recorder, spec: LoadSpec, on_tick: Ca
                 raise no_requests_error(spec.no_request_timeout)
             if on_tick(recorder.stats):
                 return time.monotonic() - start
+        if interrupt is not None and interrupt():  # between ticks: an operator's request, acted on at once
+            return time.monotonic() - start
         gevent.sleep(min(0.1, max(0.0, min(next_tick, start + spec.duration) - time.monotonic())))
 
 

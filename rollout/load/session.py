@@ -214,9 +214,11 @@ class _ListenerErrors(logging.Handler):
 class Session:
     """One Environment and one runner (local, or master with worker processes) for the life of the process."""
 
-    def __init__(self, locustfile: Locustfile, workers: int) -> None:
+    def __init__(self, locustfile: Locustfile, workers: int, bind: tuple[str, int] | None = None) -> None:
         self.lf = locustfile
         self.workers = workers
+        self.bind = bind  # external workers (`rollout load-worker`): the master's address; None: 127.0.0.1, a free port
+        self.stage: dict[str, Any] | None = None  # the running stage's worker settings (rollout_stage), for late joiners
         self.env: Environment | None = None
         self.runner: Any = None
         self.procs: Any = None  # rollout.load.distributed.Workers
@@ -251,10 +253,17 @@ class Session:
             )
             self.env = env
             if self.workers > 0:
+                from locust.exception import RPCError
+
                 from rollout.load.distributed import free_port
 
-                self.port = free_port()
-                self.runner = env.create_master_runner("127.0.0.1", self.port)
+                host, self.port = self.bind or ("127.0.0.1", free_port())
+                try:
+                    self.runner = env.create_master_runner(host, self.port)
+                except RPCError as exc:  # the address is taken or not this machine's
+                    self.env = None
+                    raise LoadError(f"the Locust master cannot listen on {host}:{self.port}: {exc}",
+                                    "pick a free port (--master-bind HOST:PORT) on an address of this machine") from None
             else:
                 self.runner = env.create_local_runner()
             before = len(self.listener_errors)
@@ -294,21 +303,21 @@ class Session:
             logging.getLogger().removeHandler(self._handler)
             for name, handlers in self._handlers.items():
                 getattr(locust.events, name)._handlers[:] = handlers
-            _SESSIONS.pop((self.lf.path, self.workers), None)
+            _SESSIONS.pop((self.lf.path, self.workers, self.bind), None)
 
 
-_SESSIONS: dict[tuple[Path, int], Session] = {}
+_SESSIONS: dict[tuple[Path, int, tuple[str, int] | None], Session] = {}
 
 
-def session(locustfile: Path, workers: int) -> Session:
-    """This process's session for the locustfile (a different file or worker count closes the other one first:
-    one Environment per process on the global events)."""
+def session(locustfile: Path, workers: int, bind: tuple[str, int] | None = None) -> Session:
+    """This process's session for the locustfile (a different file, worker count or master address closes the
+    other one first: one Environment per process on the global events)."""
     lf = load(locustfile)
-    key = (lf.path, workers)
+    key = (lf.path, workers, bind)
     s = _SESSIONS.get(key)
     if s is None:
         close_all()
-        s = _SESSIONS[key] = Session(lf, workers)
+        s = _SESSIONS[key] = Session(lf, workers, bind)
     return s
 
 

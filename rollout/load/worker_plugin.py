@@ -26,8 +26,15 @@ from locust import events
 
 MESSAGE = "rollout_stats"
 STAGE_MESSAGE = "rollout_stage"  # master -> workers before each stage: its cohort and roles
+READY_MESSAGE = "rollout_ready"  # worker -> master once its handlers exist: the master answers with the running stage
 SPEC_ENV = "ROLLOUT_WORKER_SPEC"
 EVERY = 1.0
+
+
+# what a worker started by `rollout load-worker` knows before the master's first `rollout_stage` message
+# (`await_stage`: hold what it records until that message says how to attribute it)
+DEFAULT_SETTINGS: dict[str, Any] = {"version_header": "X-Version", "roles": {}, "host": "", "cohort": None, "cohort_share": 0.2,
+                                    "endpoint_stats": True, "only_role": None, "await_stage": True}
 
 
 def stage_settings(spec: Any) -> dict[str, Any]:
@@ -54,9 +61,22 @@ class Shipper:
         self._empty = VersionStats
         self.sent: dict[str, Any] = {}
         self.sent_routing: dict[str, int] = {}
+        # A worker that joins a running stage may get its users before the stage's settings: Locust's master
+        # sends `spawn` on `client_ready`, before this worker's `init` has registered the stage handler (so an
+        # earlier `rollout_stage` is dropped). Its requests wait here, unattributed, until the settings come.
+        self.pending: list[dict[str, Any]] | None = [] if settings.get("await_stage") else None
+        early = _take_early()
         from rollout.load.runner import record_first
 
-        record_first(environment.events.request, self.recorder.on_request)  # before the locustfile's (RescheduleTask)
+        record_first(environment.events.request, self.on_request)  # before the locustfile's (RescheduleTask)
+        for kw in early:
+            self.on_request(**kw)
+
+    def on_request(self, **kw: Any) -> None:
+        if self.pending is not None:
+            self.pending.append(kw)
+        else:
+            self.recorder.on_request(**kw)
 
     def delta(self) -> dict[str, Any]:
         out: dict[str, Any] = {"roles": {}, "routing": {}}
@@ -79,8 +99,20 @@ class Shipper:
         return out
 
     def new_stage(self, settings: dict[str, Any]) -> None:
+        """Every attribution setting from the master: a `rollout load-worker` started elsewhere knows none of
+        them until this message (its $ROLLOUT_WORKER_SPEC holds only defaults)."""
         self.recorder.roles = dict(settings.get("roles") or {})
         self.recorder.header = settings.get("version_header", self.recorder.header)
+        self.recorder.only_role = settings.get("only_role")
+        if not settings.get("endpoint_stats", True):
+            self.recorder.endpoints = self.recorder.stats.endpoints = None
+        elif self.recorder.endpoints is None:
+            from rollout.load.endpoints import EndpointStats
+
+            self.recorder.endpoints = self.recorder.stats.endpoints = EndpointStats()
+        pending, self.pending = self.pending, None
+        for kw in pending or ():  # recorded as if the settings had been there from the start
+            self.recorder.on_request(**kw)
 
     def flush(self, **_: Any) -> None:
         data = self.delta()
@@ -97,6 +129,29 @@ class Shipper:
         while True:
             gevent.sleep(EVERY)
             self.flush()
+
+
+# Requests made before `init`: a worker that joins a running stage gets Locust's `spawn` while it connects,
+# before `init` fires, and its users start at once. The global `events` are the worker's (as `locust` builds
+# it), so a listener from the import holds them until the Shipper takes them over.
+_EARLY: list[dict[str, Any]] | None = None
+
+
+def _buffer(**kw: Any) -> None:
+    if _EARLY is not None:
+        _EARLY.append(kw)
+
+
+def _take_early() -> list[dict[str, Any]]:
+    global _EARLY
+    early, _EARLY = _EARLY or [], None
+    events.request.remove_listener(_buffer)
+    return early
+
+
+if os.environ.get(SPEC_ENV):
+    _EARLY = []
+    events.request.add_listener(_buffer)
 
 
 @events.init.add_listener
@@ -125,11 +180,23 @@ def _on_init(environment: Any, **_: Any) -> None:
 
     set_classes(settings)
     shipper = Shipper(environment, settings)
+    applied = [settings]
 
     def on_stage(environment: Any, msg: Any, **_: Any) -> None:  # before the stage's spawn message (in order)
-        set_classes(msg.data)
-        shipper.new_stage(msg.data)
+        data = dict(msg.data)
+        answer = data.pop("answer", False)  # the master's answer to `rollout_ready`, not a stage's start
+        if answer and data == applied[0]:
+            return  # the stage's own message came first (and maybe its spawn): keep the classes its users run
+        applied[0] = data
+        set_classes(data)
+        shipper.new_stage(data)
+        if answer and environment.runner.worker_state in ("running", "spawning"):
+            environment._filter_tasks_by_tags()  # users already run (spawned before `init`): later ones obey the tags too
 
     environment.runner.register_message(STAGE_MESSAGE, on_stage)
     environment.events.test_stop.add_listener(shipper.flush)
     gevent.spawn(shipper.loop)
+    try:  # now this worker can take the stage's settings: ask for them (the master answers if a stage runs)
+        environment.runner.send_message(READY_MESSAGE, None)
+    except Exception:  # noqa: BLE001 - no master yet: the stage message comes before its spawn anyway
+        pass

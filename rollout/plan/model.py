@@ -30,6 +30,7 @@ from pydantic import (
 from rollout.notify import Webhook
 from rollout.plan import names
 from rollout.plan.limits import MAX_USERS, MAX_WORKERS
+from rollout.plan.watch import Bake, Watch
 from rollout.plan.units import (
     parse_duration,
     parse_latency,
@@ -609,7 +610,3 @@ class Plan(Strict):
         return stage.spawn_rate or self.load.spawn_rate or float(self.stage_users(index))
 
 
-
-from rollout.plan.watch import Bake, Watch  # noqa: E402  (it builds on this module's types; Plan refers to it)
-
-Plan.model_rebuild()

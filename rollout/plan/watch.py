@@ -14,13 +14,20 @@ kind is the same statistic:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
-from rollout.plan.units import parse_percent
+from rollout.plan.units import parse_duration, parse_percent
 
-from rollout.plan.model import Duration, Strict  # this module is imported at the end of rollout.plan.model
+# the plan's own conventions (rollout.plan.model imports this module, so they are restated, not imported)
+Duration = Annotated[float, BeforeValidator(parse_duration),
+                     WithJsonSchema({"anyOf": [{"type": "string", "pattern": r"^\d+(\.\d+)?\s*(ms|s|m|h)$"}, {"type": "number", "exclusiveMinimum": 0}],
+                                     "description": "a duration: 15s, 5m, 720h"})]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PromCounters(Strict):

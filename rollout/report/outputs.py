@@ -60,6 +60,8 @@ class Capture:
                 box["decided_at"] = stats.elapsed
             return stop
 
+        if getattr(on_tick, "interrupt", None) is not None:  # the engine's between-ticks check passes through
+            tick.interrupt = on_tick.interrupt  # type: ignore[attr-defined]
         stats = self.inner(spec, tick)
         self.runs.append({"stats": stats, "decided_at": box["decided_at"], "host": getattr(spec, "host", None)})
         return stats

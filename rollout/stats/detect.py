@@ -26,7 +26,10 @@ on from its recorded statistic.
 
 After an alarm the statistic is kept, not reset: the alarm resolves when every
 CUSUM is back at 0, i.e. when normal data has erased the evidence of the rise
-(used by `on_breach: alert`). After a revert the caller starts a new detector
+(used by `on_breach: alert`). Each statistic is capped at twice its threshold:
+the alarm fires below the cap, so the cap changes nothing before it, but a long
+or severe breach cannot pile up evidence that would take hours of normal
+traffic to erase once the rate is back (recovery needs at most 2h / drift). After a revert the caller starts a new detector
 for the reverted version: its evidence starts from scratch.
 """
 
@@ -121,7 +124,7 @@ class RateCusum:
                 self.s[i] = 0.0
                 self.windows[i] = Window()
             else:
-                self.s[i] = s
+                self.s[i] = min(s, 2.0 * self._h_each)
                 if w.since is None:
                     w.since = at
                 w.n += n

@@ -363,13 +363,17 @@ class LocalBackend:
         elif not procs.is_alive(rec):
             down = procs.exit_description(rec)
         counters = None
+        stuck_after = None
         router = state.backend.get("router")
         if router:
             try:
-                counters = get_config(self._admin(router), timeout=2.0).get("versions")
+                got = get_config(self._admin(router), timeout=2.0)
             except RouterUnreachable:
-                counters = None  # the router's own failure is not the canary's: `ensure` and the rollback handle it
-        return CanaryProbe(version, down, counters if isinstance(counters, dict) else None)
+                got = {}  # the router's own failure is not the canary's: `ensure` and the rollback handle it
+            counters = got.get("versions")
+            after = (got.get("router") or {}).get("stuck_after_s")
+            stuck_after = float(after) if isinstance(after, int | float) and after > 0 else None
+        return CanaryProbe(version, down, counters if isinstance(counters, dict) else None, stuck_after)
 
     def inspect(self, state: State) -> dict[str, Any]:
         out: dict[str, Any] = {}

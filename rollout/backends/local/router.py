@@ -64,12 +64,16 @@ another host.
                     "aborted" are responses cut mid-body)
                     "versions": {name: {"routed", "answered", "refused", "reset",
                                  "timeout", "malformed", "aborted", "cancelled",
-                                 "in_flight", "no_header"}}
+                                 "in_flight", "no_header", "due", "stuck",
+                                 "stuck_now", "oldest_wait_ms"}}
                     (per version *name*, whatever the client saw: see
-                    VersionCounters; the engine reads them every tick)
+                    VersionCounters; the engine reads them every tick;
+                    "stuck_now" and "oldest_wait_ms" are gauges: requests
+                    waiting for an answer longer than --stuck-after right now,
+                    and how long the oldest one has waited)
                     "pinned_requests": n (the canary-only listener's)
                     "router": {"pid", "uptime_s", "config_file", "upstream_timeout_s",
-                               "canary_port"}
+                               "stuck_after_s", "canary_port"}
     PUT  /config    a full config: validated (400 with every problem otherwise),
                     written to the --config file (temp + fsync + rename) and only
                     then applied and acknowledged with the new config. Requests
@@ -111,11 +115,13 @@ import signal
 import sys
 import tempfile
 import time
+from collections import deque
 from math import gcd
 from typing import Any
 
 DEFAULT_VERSION_HEADER = "X-Version"
 DEFAULT_UPSTREAM_TIMEOUT = 30.0
+DEFAULT_STUCK_AFTER = 2.0  # a request with no answer after this long counts as stuck (VersionCounters.stuck)
 DEFAULT_IDLE_TIMEOUT = 75.0  # idle client keep-alive connections are closed after this
 SHUTDOWN_GRACE = 2.0  # in-flight requests get this long on SIGTERM / POST /shutdown
 
@@ -409,9 +415,19 @@ class VersionCounters:
     or `cancelled` (the client left, or the router shut down); `in_flight` are
     still waiting. `no_header`: answers that lacked the version header (the
     router added it).
+
+    Requests that hang (some of them, not all): `due` counts the requests
+    routed at least `stuck_after` seconds ago (the router's --stuck-after, 2 s
+    by default) and `stuck` those of them that had no answer (nothing relayed
+    to the client) when they reached that age, both cumulative and cut at the
+    same instant by the sweeper, so the deltas over a window compare like with
+    like: "of the N requests whose answer was due in the window, X were stuck".
+    Kept off the request path: a request only stores its start time on its
+    connection; the sweeper (4 times a second) does the counting.
     """
 
-    __slots__ = ("routed", "answered", "refused", "reset", "timeout", "malformed", "aborted", "cancelled", "in_flight", "no_header")
+    __slots__ = ("routed", "answered", "refused", "reset", "timeout", "malformed", "aborted", "cancelled", "in_flight",
+                 "no_header", "due", "stuck")
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -490,7 +506,7 @@ class _BadClientBody(Exception):
 class _Conn:
     """A client connection, as the sweeper and the shutdown see it."""
 
-    __slots__ = ("writer", "idle_since", "up", "deadline", "timed_out", "linger")
+    __slots__ = ("writer", "idle_since", "up", "deadline", "timed_out", "linger", "since", "vc", "stuck")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
@@ -502,6 +518,11 @@ class _Conn:
         self.deadline = 0.0
         self.timed_out = False
         self.linger = False  # closing after an error answer: let the client read it first
+        # The request waiting for its answer: when it was routed (> 0 until the client gets the
+        # response head), to which version, and whether the sweeper already counted it as stuck.
+        self.since = 0.0
+        self.vc: VersionCounters | None = None
+        self.stuck = False
 
 
 class _BadHead(Exception):
@@ -584,8 +605,13 @@ class Router:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         token: str,
         allow_remote: bool = False,
+        stuck_after: float = DEFAULT_STUCK_AFTER,
     ) -> None:
         self.config_path = config_path
+        self.stuck_after = stuck_after
+        # (sweep time, [(counters, routed then)]) for the last `stuck_after` seconds of sweeps:
+        # the oldest one at least `stuck_after` old is the cut for `due` and `stuck`
+        self._routed_ring: deque[tuple[float, list[tuple[VersionCounters, int]]]] = deque()
         self._token = token.encode("utf-8")
         self.token_file = ""  # where the token came from (for the ready file)
         self.allow_remote = allow_remote
@@ -692,11 +718,16 @@ class Router:
         """
         tick = max(0.01, min(0.25, self.upstream_timeout / 4))
         next_expiry = 0.0
+        ring = self._routed_ring
         while not self._closing:
             await asyncio.sleep(tick)
             now = self._loop.time()
             idle_limit = now - self.idle_timeout
+            cut = self._cut(now, ring)
             for conn in list(self._clients):
+                if 0 < conn.since <= cut and not conn.stuck and conn.vc is not None:
+                    conn.stuck = True  # routed before the cut, no answer yet: waited `stuck_after` at least
+                    conn.vc.stuck += 1
                 if 0 < conn.deadline < now:
                     if not conn.timed_out:
                         conn.timed_out = True
@@ -712,6 +743,24 @@ class Router:
                 for pool in self._pools.values():
                     pool.expire(now - POOL_IDLE_TTL)
 
+    def _cut(self, now: float, ring: deque[tuple[float, list[tuple[VersionCounters, int]]]]) -> float:
+        """Record every version's `routed` now and advance `due` to the newest record at least
+        `stuck_after` old; return that record's time (requests routed until then are due), or 0.
+
+        Requests routed before the cut and still unanswered are marked stuck in the same sweep, so
+        `stuck` never counts a request that `due` does not (each waited `stuck_after` at least).
+        """
+        ring.append((now, [(vc, vc.routed) for vc in self._by_version.values()]))
+        limit = now - self.stuck_after
+        while len(ring) > 1 and ring[1][0] <= limit:
+            ring.popleft()
+        t, routed = ring[0]
+        if t > limit:
+            return 0.0
+        for vc, n in routed:
+            vc.due = n
+        return t
+
     # ----------------------------------------------------------------- config
 
     def config_with_counters(self) -> dict[str, Any]:
@@ -726,12 +775,25 @@ class Router:
             "aborted": self.err_aborted,
             "no_canary": self.err_no_canary,
         }
-        out["versions"] = {name: vc.as_dict() for name, vc in self._by_version.items()}
+        out["versions"] = versions = {name: vc.as_dict() for name, vc in self._by_version.items()}
+        for c in versions.values():
+            c["stuck_now"] = 0
+            c["oldest_wait_ms"] = 0
+        now = self._loop.time() if hasattr(self, "_loop") else 0.0
+        names = {id(vc): name for name, vc in self._by_version.items()}
+        for conn in self._clients:  # what waits for an answer right now, by version (a gauge, not a counter)
+            if conn.since > 0 and conn.vc is not None and id(conn.vc) in names:
+                c = versions[names[id(conn.vc)]]
+                age = now - conn.since
+                if age >= self.stuck_after:
+                    c["stuck_now"] += 1
+                c["oldest_wait_ms"] = max(c["oldest_wait_ms"], int(age * 1000))
         out["router"] = {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
             "config_file": os.path.abspath(self.config_path),
             "upstream_timeout_s": self.upstream_timeout,
+            "stuck_after_s": self.stuck_after,
             "canary_port": self.canary_port,
         }
         return out
@@ -945,7 +1007,10 @@ class Router:
         vc.in_flight += 1
         try:
             conn.timed_out = False
-            conn.deadline = loop.time() + timeout  # enforced by the sweeper
+            conn.since = t0 = loop.time()  # waiting for an answer (the sweeper counts it stuck after a while)
+            conn.deadline = t0 + timeout  # enforced by the sweeper
+            conn.vc = vc
+            conn.stuck = False
             # -- send the request (retry once on a stale pooled connection)
             pool = up.pool
             while True:
@@ -1067,13 +1132,16 @@ class Router:
                     else:
                         writer.write(resp_head)
                     head_sent = True
+                    conn.since = 0.0
                 else:
                     writer.write(resp_head)
                     head_sent = True
+                    conn.since = 0.0
                     await _copy_length(ur, writer, rlength, conn, timeout, loop)
             else:
                 writer.write(resp_head)
                 head_sent = True
+                conn.since = 0.0
                 if framing == _CHUNKED:
                     await _copy_chunked(ur, writer, http11, conn, timeout, loop)
                 elif framing == _EOF:
@@ -1111,6 +1179,7 @@ class Router:
             return False
         finally:
             vc.in_flight -= 1
+            conn.since = 0.0
 
         vc.answered += 1
         conn.up = None
@@ -1445,6 +1514,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds an upstream may take to connect and answer (then 504), and between two body reads",
     )
     p.add_argument(
+        "--stuck-after",
+        type=float,
+        default=DEFAULT_STUCK_AFTER,
+        help="seconds without an answer after which a request counts as stuck (the per-version `stuck` counter)",
+    )
+    p.add_argument(
         "--canary-port", type=int, default=None,
         help="also listen here for load to the canary alone (0: a free one; default: no such listener)",
     )
@@ -1494,6 +1569,9 @@ def load_token(path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if not 0 < args.stuck_after < float("inf"):
+        print(f"router: --stuck-after must be a positive number of seconds, found {args.stuck_after}", file=sys.stderr)
+        return 2
     try:
         with open(args.config, encoding="utf-8") as f:
             config = validate_config(json.load(f), allow_remote=args.allow_remote_upstreams)
@@ -1522,6 +1600,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_timeout=args.idle_timeout,
         token=token,
         allow_remote=args.allow_remote_upstreams,
+        stuck_after=args.stuck_after,
     )
     router.token_file = os.path.abspath(token_file)
     gc.set_threshold(10_000, 50, 50)  # fewer collections on the request path
