@@ -15,7 +15,10 @@ import time
 from typing import Any
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (any owner); False for no pid."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -32,7 +35,7 @@ def _local_holder(directory: Any) -> str | None:
     except (OSError, ValueError):
         return None
     pid = info.get("pid") if isinstance(info, dict) else None
-    if not isinstance(pid, int) or not _pid_alive(pid):
+    if not isinstance(pid, int) or not pid_alive(pid):
         return None
     return f"`rollout {info.get('command', '?')}` (pid {pid})"
 

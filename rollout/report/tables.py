@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -10,6 +9,7 @@ from tabulate import tabulate
 
 from rollout.engine.state import MANUAL_ACTIONS, StageStatus, State, to_dict
 from rollout.plan.model import Gate, Plan
+from rollout.backends.liveness import pid_alive
 from rollout.plan.names import printable
 from rollout.plan.units import fmt_duration, fmt_percent
 
@@ -92,18 +92,6 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
     return plan.model_dump(mode="json")
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def driver_alive(state: State, store: Any = None) -> bool | None:
     """Whether the driver recorded in the state still runs: by pid and start time on its own host,
     else by the lock (a Lease not expired); None when nobody can tell or no driver is recorded."""
@@ -129,7 +117,7 @@ def notes(state: State, alive: bool | None = None) -> list[str]:
     if state.driver and alive is None:
         alive = local_alive(state.driver)
     t = state.transition
-    if t is not None and not _pid_alive(t.pid):
+    if t is not None and not pid_alive(t.pid):
         out.append(
             f"a `{t.action}` towards {t.to.describe()} was started by pid {t.pid} ({t.by}) and did not finish; "
             f"traffic may be half-changed: `rollout advance` finishes it, `rollout revert` puts all traffic on stable"
@@ -144,7 +132,7 @@ def notes(state: State, alive: bool | None = None) -> list[str]:
         out.append(f"{describe(state.driver)} is gone: it stopped at {stopped} without finishing stage {n_at}; traffic is at {state.split.describe()}: "
                    f"`rollout run` or `rollout advance` carries on (a stage that was running re-runs from its start), "
                    f"`rollout revert` puts all traffic on stable")
-    elif rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not _pid_alive(rec.pid):
+    elif rec is not None and rec.status is StageStatus.RUNNING and state.phase.active and not pid_alive(rec.pid):
         out.append(
             f"stage {rec.index + 1} `{rec.name}` was running in pid {rec.pid}, which is gone (killed?); "
             f"traffic is at {state.split.describe()}: `rollout advance` re-runs the stage, `rollout revert` puts all traffic on stable"
