@@ -107,3 +107,27 @@ def test_a_bake_needs_the_watch_gates_it_judges_with(base_plan: dict, tmp_path) 
     assert any("watch" in i.expected for i in exc.value.issues)
     ok = {**base_plan, "bake": {"duration": "10m"}, "watch": {"gates": {"errors": {"max": "1%", "prometheus": {"url": "http://127.0.0.1:9090", "bad": "b", "total": "t"}}}}}
     assert load_plan(write_plan(tmp_path, ok)).plan.bake.duration == 600.0
+
+
+def test_the_watch_record_round_trips_through_a_configmap_on_the_fake_api_server() -> None:
+    """On Kubernetes the watch keeps its record in ConfigMap rollout-<plan>-watch (official client, real HTTP)."""
+    from rollout.backends.kubernetes.client import RetryPolicy, connect
+    from rollout.backends.kubernetes.store import ConfigMapStore
+    from rollout.testing.apiserver import FakeApiServer
+    from rollout.watch import record
+
+    with FakeApiServer(controller_delay=0) as fake:
+        kube = connect(kubeconfig=fake.write_kubeconfig(namespace="shop"), retry=RetryPolicy(tries=3, base=0.01, max_total=0.5))
+        try:
+            rec = record.for_store(ConfigMapStore(kube, "answer"), "answer")
+            assert rec.location() == "ConfigMap shop/rollout-answer-watch" and rec.load() is None
+            m, rng, c = Monitor(watch()), random.Random(6), [0.0, 0.0]
+            feed(m, "v2", 30, 0.01, 50, rng, 0, c)
+            rec.save(m.to_dict())
+            rec.save(m.to_dict())  # the second save replaces the first
+            again = Monitor.from_dict(watch(), rec.load())
+            assert again.to_dict() == m.to_dict() and again.checks == 30
+            cm = fake.get("configmaps", "shop", "rollout-answer-watch")
+            assert cm is not None and cm["metadata"]["labels"]["rollout.dev/part"] == "watch"
+        finally:
+            kube.api.close()
