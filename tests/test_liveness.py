@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from rollout.backends.local import processes as procs
 from rollout.backends.local import router_client
 from rollout.gates.liveness import CanaryLiveness, CanaryProbe
 from rollout.gates.verdict import Status
@@ -134,20 +133,36 @@ def test_without_router_counters_only_the_client_view_and_down_count() -> None:
     assert v.status is Status.FAIL and "Deployment apps/answer-canary has 0 of 2 pods ready" in v.message
 
 
+EXIT_DESCRIPTION_SCRIPT = """
+import sys, time
+from pathlib import Path
+from rollout.backends.local import processes as procs
+marker = f"rollout-test-liveness-{time.time_ns()}"
+log = Path("/tmp") / f"{marker}.log"
+proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], Path.cwd(), log, {}, marker)
+rec = procs.record(proc, 0, "v2", "sleep", log, marker)
+assert procs.is_alive(rec)
+proc.kill()
+deadline = time.monotonic() + 10
+while procs.is_alive(rec) and time.monotonic() < deadline:
+    time.sleep(0.02)
+assert not procs.is_alive(rec)
+print(proc.pid)
+print(procs.exit_description(rec))
+stranger = procs.ProcRecord(pid=proc.pid + 10_000_000, start_ticks=1, port=0, version="v2", command="x", log="", marker=marker)
+print(procs.exit_description(stranger))
+"""
+
+
 def test_exit_description_of_a_child_killed_by_sigkill() -> None:
-    marker = f"rollout-test-liveness-{time.time_ns()}"
-    log = Path("/tmp") / f"{marker}.log"
-    proc = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], Path.cwd(), log, {}, marker)
-    rec = procs.record(proc, 0, "v2", "sleep", log, marker)
-    assert procs.is_alive(rec)
-    proc.kill()
-    deadline = time.monotonic() + 10
-    while procs.is_alive(rec) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not procs.is_alive(rec)
-    assert procs.exit_description(rec) == f"process {proc.pid} exited with -9 (killed by SIGKILL)"
-    stranger = procs.ProcRecord(pid=proc.pid + 10_000_000, start_ticks=1, port=0, version="v2", command="x", log="", marker=marker)
-    assert "exit status unknown" in procs.exit_description(stranger)
+    """In a fresh interpreter, as the CLI runs it: in the test process, a library that reaps every child
+    (gevent's child watcher, once another test imported locust) can take the exit status first."""
+    r = subprocess.run([sys.executable, "-c", EXIT_DESCRIPTION_SCRIPT], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stderr
+    pid, mine, stranger = r.stdout.strip().splitlines()
+    assert mine == f"process {pid} exited with -9 (killed by SIGKILL)"
+    assert "exit status unknown" in stranger
 
 
 # --------------------------------------------------------------------------- the router's per-version counters
