@@ -16,14 +16,7 @@ import pytest
 
 from rollout.notify import Notifier, Webhook
 from tests.conftest import require_tool
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.prom import _free_port
 
 
 @pytest.fixture

@@ -108,15 +108,16 @@ class WatchLoop:
         now = self.clock()
         version, state = self.live_version()
         readings = {name: self.source.read(name, gate, version) for name, gate in self.watch.gates.items()}
+        reverted = False  # at most one revert a check: after it the live version changed, judged afresh next check
         for ev in self.monitor.observe(now, version, readings):
             _say(f"{ev.kind.upper()}: {ev.message}")
             self.alert(ev, now)
-            if ev.kind == "breach" and self.watch.on_breach == "revert":
-                self.revert(ev, state)
-        for name in self.monitor.firing:
+            if ev.kind == "breach" and self.watch.on_breach == "revert" and not reverted:
+                reverted = self.revert(ev, state)
+        for name in [] if reverted else self.monitor.firing:
             if self.watch.on_breach == "revert" and self.monitor.version == version:
                 if self.revert(self.breach(name), state):  # an earlier revert could not be done (lock held): again
-                    continue
+                    break
             if now - self.last_sent.get(name, 0.0) >= self.watch.resend:  # Alertmanager ends alerts not re-sent
                 self.alert(self.breach(name, "still breaching: "), now)
         self.record.save(self.monitor.to_dict())
