@@ -275,7 +275,9 @@ def _run_with_traffic(e: Env) -> tuple[subprocess.CompletedProcess[str], Traffic
             time.sleep(0.2)
         while proc.poll() is None and time.monotonic() < deadline + 60:
             st = e.state_doc()
-            if st.get("split", {}).get("weight") == 1.0:  # baking: both processes must be alive
+            history = st.get("history") or [{}]
+            baking = history[-1].get("action") == "bake-started"  # not the promotion that follows it
+            if baking and st.get("split", {}).get("weight") == 1.0:  # both processes must be alive
                 b = st.get("backend") or {}
                 pids = {r: b[r]["pid"] for r in ("stable", "canary") if b.get(r)}
             time.sleep(0.3)

@@ -174,7 +174,17 @@ def _reap(pid: int) -> None:
 
 
 def exit_description(rec: ProcRecord) -> str:
-    """How a recorded process that is no longer alive ended, as far as this command can know."""
+    """How a recorded process that is no longer alive ended, as far as this command can know.
+
+    A child of ours can look gone (its environment, hence its marker, is released early in exit) a
+    moment before it becomes a zombie that can be reaped: wait a little for its status rather than
+    call it unknown."""
+    child = _children.get(rec.pid)
+    if child is not None and rec.pid not in _exit_codes:
+        try:
+            _exit_codes[rec.pid] = child.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
     _reap(rec.pid)
     code = _exit_codes.get(rec.pid)
     if code is None:
