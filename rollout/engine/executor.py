@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -401,9 +401,11 @@ class Engine:
             on_tick.interrupt = interrupt  # type: ignore[attr-defined]
 
         spec = self._load_spec(i)
+        watching = getattr(self.mailbox, "watching", None)  # Kubernetes: a watch on the mailbox moves version() at once
         try:
             assert self.load_runner is not None, "a load runner is needed to run stages"
-            stats = self.load_runner(spec, on_tick)
+            with watching(self.out.event) if watching is not None else nullcontext():
+                stats = self.load_runner(spec, on_tick)
         except KeyboardInterrupt:
             rec.status, rec.ended_at = StageStatus.INTERRUPTED, self.clock()
             rec.reason = "interrupted (Ctrl-C/SIGTERM); traffic left at " + st.split.describe()
