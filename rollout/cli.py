@@ -662,19 +662,39 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     state = store.load()
     live = backend.inspect(state) if state is not None else None
     alive = driver_alive(state, store) if state is not None else None
+    orphans = _orphans(backend, store, state)
     watched = _watch_record(loaded, store)
     if output is Output.json:
-        doc = status_dict(state, live, store.location(), alive)
+        doc = status_dict(state, live, store.location(), alive, orphans)
         if watched is not None:
             doc["watch"] = watched
         print(json.dumps(doc, indent=2, default=str))
     else:
-        print(status_text(loaded.plan, state, live, store.location(), alive))
+        print(status_text(loaded.plan, state, live, store.location(), alive, orphans))
         if watched is not None:
             from rollout.plan.names import printable
 
             print(f"\nWatch:    {printable(watched['summary'])}" + "".join(f"\n  FIRING  {printable(f)}" for f in watched["firing"]))
     return EXIT_OK
+
+
+def _orphans(backend: Any, store: Any, state: Any) -> list[dict[str, Any]] | None:
+    """The plan's marked processes the state does not record (local backend; None elsewhere). A process a live
+    driver spawned after our read of the state is not an orphan: whatever the scan finds is checked again
+    against the state read afresh, and only what is still unrecorded is reported."""
+    find = getattr(backend, "orphans", None)
+    if find is None:
+        return None
+    found = find(state)
+    if found:
+        from rollout.errors import RolloutError
+
+        try:
+            again = {o["pid"] for o in find(store.load())}
+        except RolloutError:
+            again = {o["pid"] for o in found}
+        found = [o for o in found if o["pid"] in again]
+    return found
 
 
 def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
