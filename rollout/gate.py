@@ -335,6 +335,7 @@ class GateResult:
 
 def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateResult:
     """Probe, run the load with the gates judged every second, build the report. No traffic moves."""
+    from rollout.gates.health import explain_inconclusive
     from rollout.gates.judge import StageJudge
     from rollout.gates.verdict import Status
     from rollout.load.runner import LoadSpec
@@ -383,6 +384,7 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
         verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
     else:
         verdicts = judge.judge(stats, final=True)
+    verdicts = explain_inconclusive(verdicts, stats)  # an inconclusive run on a thin load says why, first
     bad = [v for v in verdicts if v.status is Status.FAIL]
     unsure = [v for v in verdicts if v.status is Status.INCONCLUSIVE]
     if bad:
@@ -390,7 +392,8 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
         summary = "; ".join(f"gate `{v.gate}` failed: {v.message}" for v in bad)
     elif unsure:
         code, result = EXIT_GATE_FAILED, "inconclusive"
-        summary = "; ".join(f"gate `{v.gate}` inconclusive: {v.message}" for v in unsure)
+        summary = "; ".join(f"{v.gate}: {v.message}" if v.gate.startswith("health:") else f"gate `{v.gate}` inconclusive: {v.message}"
+                            for v in unsure)
     else:
         code, result = EXIT_OK, "passed"
         summary = f"all {len(verdicts)} gate{'s' if len(verdicts) != 1 else ''} passed ({stats.requests:,} requests in {stats.elapsed:,.1f}s)"

@@ -38,7 +38,7 @@ from rollout.engine.live import LIVE_EVERY, snapshot
 from rollout.engine.requests import Request
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, RolloutError, UsageError
 from rollout.gates import liveness
-from rollout.gates.health import health_checks
+from rollout.gates.health import explain_inconclusive, health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
@@ -430,6 +430,7 @@ class Engine:
             verdicts = judge.judge(stats, final=True)
             verdicts += [served] if served.status is Status.FAIL else []
             verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
+            verdicts = explain_inconclusive(verdicts, stats)  # "far fewer requests than expected", said first
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
             verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
