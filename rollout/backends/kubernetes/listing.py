@@ -8,13 +8,12 @@ file is needed: the state carries what `rollout list` shows (`plan_info`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from rollout.backends.kubernetes.client import CONFIGMAPS, Kube
-from rollout.backends.kubernetes.store import DATA_KEY
-from rollout.engine.state import State, from_dict
+from rollout.backends.kubernetes.store import DATA_KEY, parse_state
+from rollout.engine.state import State, StateShapeError
 
 SELECTOR = "app.kubernetes.io/managed-by=rollout,rollout.dev/plan"
 
@@ -40,9 +39,11 @@ def _parse(cm: dict[str, Any]) -> Found:
     if text is None:
         return Found(ns, name, plan, None, f"no {DATA_KEY} in it")
     try:
-        return Found(ns, name, plan, from_dict(json.loads(text)))
-    except (ValueError, KeyError, TypeError) as exc:
-        return Found(ns, name, plan, None, f"unreadable state ({type(exc).__name__}: {exc})")
+        return Found(ns, name, plan, parse_state(text))
+    except StateShapeError as exc:
+        return Found(ns, name, plan, None, f"malformed state: field `{exc.field or '(the whole state)'}`: {exc.message}")
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        return Found(ns, name, plan, None, f"unreadable state ({type(exc).__name__}: {str(exc)[:200]})")
 
 
 def list_states(kube: Kube, all_namespaces: bool = False) -> list[Found]:
