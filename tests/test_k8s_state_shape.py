@@ -148,3 +148,18 @@ def test_the_cli_says_error_and_what_to_do_with_exit_3_and_the_advice_works(tmp_
     assert fake.get("deployments", NS, "answer-canary")["spec"]["replicas"] == 0
     code, out, err = _cli("status", str(plan), "-n", NS)
     assert code == 0 and "reverted by ops" in out, out + err
+
+
+def test_list_shows_the_state_configmap_not_the_mailbox_or_the_watch_record(fake: FakeApiServer) -> None:
+    from rollout.backends.kubernetes.mailbox import KubeMailbox
+    from rollout.engine import requests as rq
+
+    kube = connect(kubeconfig=fake.write_kubeconfig(namespace=NS))
+    put_state(fake, json.dumps(valid()))
+    rq.post(KubeMailbox(kube, "answer"), rq.Request.new("revert", "ops", "", 10))  # ConfigMap rollout-answer-requests
+    fake.create({"apiVersion": "v1", "kind": "ConfigMap", "data": {"watch.json": "{}"},
+                 "metadata": {"name": "rollout-answer-watch", "namespace": NS,
+                              "labels": {"app.kubernetes.io/managed-by": "rollout", "rollout.dev/plan": "answer", "rollout.dev/part": "watch"}}})
+    found = list_states(kube)
+    assert [(f.name, f.problem) for f in found] == [(CM, "")], found
+    kube.api.close()
