@@ -571,6 +571,33 @@ def load_worker(
     return EXIT_OK  # not reached
 
 
+@app.command(name="load-master")
+def load_master(
+    locustfile: Annotated[str, typer.Option("--locustfile", "-f", help="the Locust file (the workers run the same one)")] = "locustfile.py",
+    master_bind: Annotated[str, typer.Option("--master-bind", help="where the workers (`rollout load-worker --master`) join",
+                                             metavar="HOST:PORT")] = "0.0.0.0:5557",
+    web_bind: Annotated[str, typer.Option("--web-bind", help="where the CLI reads the per-version statistics (GET /rollout/stats) "
+                                          "and starts/stops stages", metavar="HOST:PORT")] = "0.0.0.0:8089",
+) -> int:
+    """The Locust master of `load.runner: kubernetes` (the master pod runs it): aggregates the workers' exact
+    per-version histograms and serves them over HTTP to `rollout run/advance/gate` outside the cluster
+    (through the API server's service proxy). Runs until SIGTERM."""
+    import os
+    from pathlib import Path
+
+    import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
+    from rollout.load.distributed import parse_address
+    from rollout.load.master import serve
+    from rollout.load.session import LocustfileInvalid, load
+
+    mhost, mport = parse_address(master_bind, "--master-bind")
+    whost, wport = parse_address(web_bind, "--web-bind")
+    if not os.path.isfile(locustfile):
+        raise LocustfileInvalid(f"locustfile {locustfile} does not exist", "mount the plan's locustfile and give it with --locustfile")
+    load(Path(locustfile))  # a broken locustfile is exit 2 here, not a master that fails every stage
+    return serve(Path(locustfile).resolve(), (mhost, mport), (whost, wport))
+
+
 @app.command()
 def report(
     report_file: Annotated[str, typer.Argument(help="a JSON report written by --json", metavar="REPORT.json")],

@@ -1,170 +1,38 @@
-"""`load.runner: kubernetes`: Locust master and workers in the namespace, read through the service proxy.
+"""`load.runner: kubernetes`: rollout's Locust master and workers in the namespace, read through the service proxy.
 
-Against the fake API server, with a test-only harness standing in for the kubelet and the proxy (the fake's
-own behaviour is unchanged): `LocustPods` watches the fake's store for the runner's Deployments and runs
-each "pod" as a local `locust` process with the container's own args (paths and ports mapped to this
-machine), the locustfile taken from the ConfigMap the runner created; `ProxyHandler` answers the API
-server's service-proxy path (`/api/v1/namespaces/{ns}/services/{name}:{port}/proxy/...`) by forwarding to
-the local master's web port, and records the request in the fake's request log like any API call. When the
-runner deletes a Deployment, its processes are stopped; the harness kills whatever is left at the end.
+Against the fake API server with its opt-in kubelet (rollout.testing.kubelet): each "pod" of the runner's
+Deployments runs as a local process from the container's own command line (`rollout load-master ...`,
+`rollout load-worker --master <svc>:5557 ...`; image rollout -> `python -m rollout`, the ConfigMap volume ->
+files, ports and Service names -> 127.0.0.1 ports), and the API server's service proxy reaches the master.
+When the runner deletes a Deployment, its processes are stopped.
 """
 
 from __future__ import annotations
 
-import http.client
-import re
+import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import pytest
 import yaml
 
 from rollout.testing.apiserver import FakeApiServer
-from rollout.testing.apiserver.faults import RequestInfo
-from rollout.testing.apiserver.handler import Handler
+from rollout.testing.kubelet import Kubelet
 from tests.conftest import ROOT, run_cli, stop_all
-from tests.test_gate import LOCUSTFILE, free_port, start_service
+from tests.test_gate import LOCUSTFILE, start_service
 
 NS = "loadtest"
-PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):(\d+)/proxy(/.*)?$")
 LABEL = "rollout.dev/load-run"
 
 
-class LocustPods:
-    """The runner's Deployments as local Locust processes (one per replica)."""
-
-    def __init__(self, fake: FakeApiServer, tmp: Path) -> None:
-        self.fake, self.tmp = fake, tmp
-        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {}
-        self.web: dict[str, int] = {}  # master Service name -> local web port
-        self.master_port: dict[str, int] = {}
-        self.started: list[str] = []
-        self.stopped: list[str] = []
-        self.problems: list[str] = []
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=5)
-        for name in list(self.procs):
-            self._stop(name)
-
-    def _loop(self) -> None:
-        while not self.stop_event.wait(0.1):
-            try:
-                self._step()
-            except Exception as exc:  # noqa: BLE001  (keep watching; a failed round is retried 0.1 s later)
-                self.problems.append(repr(exc))
-
-    def _step(self) -> None:
-        deps = {d["metadata"]["name"]: d for d in self.fake.list("deployments", NS) if LABEL in d["metadata"].get("labels", {})}
-        # masters first: workers need the master's local port
-        for name, d in sorted(deps.items(), key=lambda kv: kv[1]["metadata"]["labels"].get("rollout.dev/locust-role") != "master"):
-            if name not in self.procs:
-                self._start(d)
-        for name in list(self.procs):
-            if name not in deps:
-                self._stop(name)
-
-    def _start(self, dep: dict[str, Any]) -> None:
-        name = dep["metadata"]["name"]
-        pod = dep["spec"]["template"]["spec"]
-        cm_name = pod["volumes"][0]["configMap"]["name"]
-        cm = self.fake.get("configmaps", NS, cm_name)
-        if cm is None:
-            return
-        lf = self.tmp / cm_name / "locustfile.py"
-        lf.parent.mkdir(parents=True, exist_ok=True)
-        lf.write_text(cm["data"]["locustfile.py"])
-        args = [a.replace("/mnt/locust/locustfile.py", str(lf)) for a in pod["containers"][0]["args"]]
-        if "--master" in args:
-            web, port = free_port(), free_port()
-            args[args.index("--web-port") + 1] = str(web)
-            args[args.index("--master-bind-port") + 1] = str(port)
-            args += ["--web-host", "127.0.0.1", "--master-bind-host", "127.0.0.1"]
-            self.web[name], self.master_port[name] = web, port  # the Service has the Deployment's name
-        else:
-            master = args[args.index("--master-host") + 1]
-            if master not in self.master_port:
-                return  # next round
-            args[args.index("--master-host") + 1] = "127.0.0.1"
-            args[args.index("--master-port") + 1] = str(self.master_port[master])
-        cmd = [sys.executable, "-m", "locust", *args]
-        self.procs[name] = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-                            for _ in range(int(dep["spec"].get("replicas", 1)))]
-        self.started.append(name)
-
-    def _stop(self, name: str) -> None:
-        procs = self.procs.pop(name, [])
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.web.pop(name, None)
-        self.stopped.append(name)
-
-
-def proxy_handler(pods: LocustPods) -> type[Handler]:
-    class ProxyHandler(Handler):
-        """The fake's handler plus the service proxy, forwarding to the local master (test harness only)."""
-
-        def _dispatch(self) -> None:
-            url = urlsplit(self.path)
-            m = PROXY.match(unquote(url.path))
-            if not m:
-                super()._dispatch()
-                return
-            started = time.monotonic()
-            body = self._read_body()
-            ns, svc, port, rest = m.group(1), m.group(2), m.group(3), m.group(4) or "/"
-            verb = {"GET": "get", "POST": "create"}.get(self.command, self.command.lower())
-            self._pending = (RequestInfo(self.command, url.path, verb, "", "v1", "services", "proxy", ns, f"{svc}:{port}"), started, False)
-            fake = self.server.fake
-            if fake.get("services", ns, svc) is None:
-                self._send_json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
-                                      "message": f'services "{svc}" not found'})
-                return
-            web = pods.web.get(svc)
-            conn = http.client.HTTPConnection("127.0.0.1", web or 1, timeout=10)
-            try:
-                if web is None:
-                    raise ConnectionRefusedError("no endpoints")
-                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-                conn.request(self.command, rest + (f"?{url.query}" if url.query else ""), body=body or None, headers=headers)
-                resp = conn.getresponse()
-                payload = resp.read()
-                self._send(resp.status, payload, resp.getheader("Content-Type") or "application/json")
-            except OSError as exc:  # what the real proxy says while the pod does not listen yet
-                self._send_json(503, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable",
-                                      "message": f'no endpoints available for service "{svc}" ({exc})'})
-            finally:
-                conn.close()
-
-    return ProxyHandler
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[FakeApiServer, LocustPods]]:
-    with FakeApiServer(controller_delay=0) as fake, LocustPods(fake, tmp_path / "pods") as pods:
-        assert fake._httpd is not None
-        fake._httpd.RequestHandlerClass = proxy_handler(pods)
-        yield fake, pods
+def cluster(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Kubelet]]:
+    with FakeApiServer(controller_delay=0, kubelet=tmp_path / "pods") as fake:
+        yield fake, fake.kubelet
 
 
 @pytest.fixture(scope="module")
