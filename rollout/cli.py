@@ -170,9 +170,44 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
         engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner,
                         probe=probe if with_load else None)
         engine.state.plan_info = factory.plan_info(loaded)  # saved with the engine's first write (for `rollout list`)
+        if engine.state.load_runs:  # under the lock: in-cluster load a killed driver left behind
+            _reap_load_runs(engine)
         return engine
 
     return loaded, store, make_engine
+
+
+def _reap_load_runs(engine: Any) -> None:
+    """Delete the in-cluster load objects of every run recorded in the state (by their label), then forget them.
+
+    Called by every command that acts on the rollout under its lock (run, advance, revert, down, abort, ...):
+    a driver that held the lock is gone, so whatever load it recorded is an orphan."""
+    from rollout.load.cluster import reap
+
+    gone = set(reap(list(engine.state.load_runs)))
+    if gone:
+        engine.state.load_runs = [r for r in engine.state.load_runs if str(r.get("run")) not in gone]
+        engine.save()
+
+
+def _cluster_load(engine: Any, loaded: Any, workers: int | None) -> Any:
+    """`load.runner: kubernetes` for run/advance: the runner records each load run in the state before it creates
+    anything and forgets it once deleted (rollout.load.cluster.ClusterLoad)."""
+    from rollout.load.cluster import ClusterLoad, settings_for
+
+    settings = settings_for(loaded.plan)
+    if workers:
+        settings = settings.model_copy(update={"workers": workers})
+
+    def on_create(record: dict[str, Any]) -> None:
+        engine.state.load_runs.append(record)
+        engine.save()
+
+    def on_delete(run: str) -> None:
+        engine.state.load_runs = [r for r in engine.state.load_runs if r.get("run") != run]
+        engine.save()
+
+    return ClusterLoad(settings, on_create=on_create, on_delete=on_delete)
 
 
 def _finish(outcome: Any) -> int:
@@ -357,14 +392,12 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
     loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn,
                                          request=request if prepare is None else None)
     _warn(loaded)
-    if loaded.plan.load.runner == "kubernetes":
+    in_cluster = loaded.plan.load.runner == "kubernetes"
+    if in_cluster and external is not None:
         from rollout.errors import UsageError
 
-        raise UsageError(
-            "load.runner: kubernetes runs Locust's own master in the cluster, which cannot tell which version "
-            "served a request, so it cannot judge a canary against stable",
-            f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
-        )
+        raise UsageError("--expect-workers with load.runner: kubernetes: the master runs in the cluster there",
+                         "leave out --expect-workers (worker pods: stages[].workers, load.cluster.workers), or remove load.runner")
     _check_locustfile(loaded, tags, exclude_tags)  # bad locustfile, shape, tag or option: exit 2 before any traffic moves
 
     def body() -> int:
@@ -377,7 +410,11 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
 
         n_workers = external[0] if external is not None else (workers if workers is not None else loaded.plan.load.workers)
-        if n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed), or N that join
+        cluster_load = None
+        if in_cluster:  # rollout's master and worker pods in the namespace (rollout.load.cluster); --workers: the pods
+            cluster_load = engine.load_runner = _cluster_load(engine, loaded, workers)
+            engine.probe = None  # the target may answer only inside the cluster: the load pods are what reach it
+        elif n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed), or N that join
             from rollout.load.distributed import load_runner as distributed_runner
 
             engine.load_runner = distributed_runner(n_workers, external[1] if external is not None else None)
@@ -399,6 +436,8 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         finally:
             from rollout.load.session import close_all
 
+            if cluster_load is not None:
+                cluster_load.close()  # every in-cluster load object, whatever happened (a killed driver: the next command)
             close_all(quit_code)  # `quitting` and `quit(exit_code)` once per process, as `locust` fires them
             engine.finish_alerts()
             if exporter is not None:

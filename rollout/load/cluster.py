@@ -128,7 +128,7 @@ class ClusterLoad:
 
     # -- one stage ---------------------------------------------------------------------
     def __call__(self, spec: Any, on_tick: Callable[[StageStats], bool]) -> StageStats:
-        from rollout.load.master import spec_to_json, stats_from_json
+        from rollout.load.wire import spec_to_json, stats_from_json
 
         workers = int(getattr(spec, "workers", None) or self.settings.workers)
         t0 = time.monotonic()
