@@ -39,6 +39,20 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data (not u
 TEMPLATE_FILES = ("locust-configmap.yaml", "locust-master.yaml", "locust-workers.yaml")
 
 
+def _unread(fn: Any) -> Any:
+    """A delete whose answer is not read into a model: what a DELETE returns differs (a Status, or the deleted
+    object, whose `status` then is not a ServiceStatus), and nothing of it is needed; errors still raise."""
+
+    def call(*args: Any, **kw: Any) -> None:
+        resp = fn(*args, _preload_content=False, **kw)
+        try:
+            resp.read()
+        finally:
+            resp.release_conn()
+
+    return call
+
+
 def render(name: str, namespace: str, run: str, image: str, workers: int, locustfile: str, templates: Path = TEMPLATES) -> list[dict[str, Any]]:
     """The run's objects, in creation order (ConfigMap, master Deployment, Service, worker Deployment)."""
     values = {"name": name, "namespace": namespace, "run": run, "image": image, "workers": str(int(workers))}
@@ -80,7 +94,7 @@ class LocustInCluster:
             res, create, delete = DEPLOYMENTS, k.apps.create_namespaced_deployment, k.apps.delete_namespaced_deployment
         if verb == "create":
             return k.call("create", res, name, create, self.ns, obj)
-        return k.call("delete", res, name, delete, name, self.ns, missing_ok=True, propagation_policy="Background")
+        return k.call("delete", res, name, _unread(delete), name, self.ns, missing_ok=True, propagation_policy="Background")
 
     def create(self) -> None:
         for obj in self.objects:
@@ -169,11 +183,9 @@ def delete_by_label(kube: Kube, namespace: str, selector: str) -> int:
              (SERVICES, kube.core.list_namespaced_service, kube.core.delete_namespaced_service),
              (CONFIGMAPS, kube.core.list_namespaced_config_map, kube.core.delete_namespaced_config_map))
     for res, lister, deleter in kinds:
-        found = kube.call("list", res, selector, lister, namespace, label_selector=selector)
-        items = (found or {}).get("items") or [] if isinstance(found, dict) else getattr(found, "items", []) or []
-        for obj in items:
-            meta = obj.get("metadata", {}) if isinstance(obj, dict) else obj.metadata
-            name = meta.get("name") if isinstance(meta, dict) else meta.name
-            kube.call("delete", res, name, deleter, name, namespace, missing_ok=True, propagation_policy="Background")
+        found = kube.call("list", res, selector, lister, namespace, label_selector=selector) or {}
+        for obj in found.get("items") or []:
+            name = obj["metadata"]["name"]
+            kube.call("delete", res, name, _unread(deleter), name, namespace, missing_ok=True, propagation_policy="Background")
             n += 1
     return n
