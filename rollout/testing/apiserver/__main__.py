@@ -5,6 +5,9 @@ once it accepts connections (use --port 0 for a free port and read it
 there), optionally writes a kubeconfig, and exits 0 after a clean stop.
 Faults and request counts are reachable over HTTP under /_fake/ (see
 handler.Handler._admin) since the Python API is in another process.
+With --run-pods it also runs the Deployments of rollout's (or Locust's) image
+as local processes and serves the service proxy (rollout.testing.kubelet), so
+`load.runner: kubernetes` works against it on one machine.
 """
 
 from __future__ import annotations
