@@ -170,8 +170,6 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
         engine = Engine(loaded, backend, store, ConsoleReporter(quiet=quiet), actor(), load_runner,
                         probe=probe if with_load else None)
         engine.state.plan_info = factory.plan_info(loaded)  # saved with the engine's first write (for `rollout list`)
-        if engine.state.load_runs:  # under the lock: in-cluster load a killed driver left behind
-            _reap_load_runs(engine)
         return engine
 
     return loaded, store, make_engine
@@ -181,7 +179,10 @@ def _reap_load_runs(engine: Any) -> None:
     """Delete the in-cluster load objects of every run recorded in the state (by their label), then forget them.
 
     Called by every command that acts on the rollout under its lock (run, advance, revert, down, abort, ...):
-    a driver that held the lock is gone, so whatever load it recorded is an orphan."""
+    a driver that held the lock is gone, so whatever load it recorded is an orphan. The verbs that move traffic
+    act first (a revert is not held up by a slow cluster of load pods); run/advance clean up before their load."""
+    if not engine.state.load_runs:
+        return
     from rollout.load.cluster import reap
 
     gone = set(reap(list(engine.state.load_runs)))
@@ -402,6 +403,7 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
 
     def body() -> int:
         engine = make_engine()
+        _reap_load_runs(engine)  # in-cluster load a killed driver left behind, before this command's own
         engine.tags, engine.exclude_tags = tags, exclude_tags
         engine.command = verb
         engine.mailbox = store.mailbox()
@@ -842,7 +844,10 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
         try:
             return _finish(call(engine))
         finally:
-            engine.finish_alerts()
+            try:
+                _reap_load_runs(engine)  # in-cluster load a killed driver left behind (after the verb's own work)
+            finally:
+                engine.finish_alerts()
 
     if timeout is None:
         with store.lock(verb, force=force):

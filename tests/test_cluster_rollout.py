@@ -216,3 +216,94 @@ def test_the_load_of_a_killed_driver_is_deleted_by_the_next_command(setup: Any, 
     assert f"{LABEL}={runs[0]['run']}" in r.stderr  # said what it deleted
     assert leftovers(fake) == [] and ro.state()["load_runs"] == []
     no_pods_left(fake)
+
+
+@pytest.mark.slow
+def test_advance_runs_a_stage_in_the_cluster_and_ctrl_c_deletes_its_load(setup: Any, tmp_path: Path) -> None:
+    fake, make = setup
+    ro = make([{"name": "one", "weight": 25, "duration": "3s", "workers": 1},
+               {"name": "two", "weight": 50, "duration": "60s", "workers": 2}])
+    r = ro("advance", "--version", "v2", "--json", str(tmp_path / "one.json"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (one,) = per_role(tmp_path / "one.json")
+    assert one["canary"][0] > 10 and one["stable"][0] > 10, one
+    assert leftovers(fake) == [] and ro.state()["load_runs"] == []
+    assert len([p for p in fake.kubelet.started if p.endswith("-worker")]) == 1  # stages[0].workers: 1
+
+    driver = ro.popen("advance")
+    try:
+        deadline = time.monotonic() + 60
+        while fake.count("create", "services/proxy", namespace=NS) < 2 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.1)  # until stage two was started in the cluster
+        assert fake.count("create", "services/proxy", namespace=NS) == 2
+        time.sleep(1.0)
+        driver.send_signal(signal.SIGINT)
+        out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 130, out + err
+    assert leftovers(fake) == [] and ro.state()["load_runs"] == [], (leftovers(fake), ro.state()["load_runs"])
+    assert len([p for p in fake.kubelet.started if p.endswith("-worker")]) == 3  # stages[1].workers: 2 more
+    assert fake.count("delete", "deployments", namespace=NS) == 4
+    no_pods_left(fake)
+
+
+@pytest.mark.slow
+def test_a_stage_with_another_worker_count_replaces_the_pods_and_close_deletes_them(tmp_path: Path) -> None:
+    """ClusterLoad in this process (no Locust here: a stage's spec is plain data): the pods are kept while the
+    worker count stays, replaced when it changes; each run recorded before its objects exist, forgotten after."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from types import SimpleNamespace
+
+    from rollout.load.cluster import ClusterLoad
+    from rollout.plan.model import Load
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("X-Version", "v1")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    (tmp_path / "load.py").write_text(LOCUSTFILE)
+    events: list[tuple[str, str]] = []
+    try:
+        with FakeApiServer(controller_delay=0, kubelet=tmp_path / "pods") as fake:
+            settings = Load.Cluster(kubeconfig=fake.write_kubeconfig(namespace=NS), namespace=NS, workers=1, ready_timeout=60)
+            runner = ClusterLoad(settings, on_create=lambda rec: events.append(("create", rec["run"])),
+                                 on_delete=lambda run: events.append(("delete", run)))
+
+            def spec(workers: int | None) -> Any:
+                return SimpleNamespace(locustfile=tmp_path / "load.py", host=f"http://127.0.0.1:{srv.server_address[1]}", users=2,
+                                       spawn_rate=2, duration=2.0, version_header="X-Version", roles={"v1": "stable"}, cohort=None,
+                                       cohort_share=0.2, max_requests=None, only_role=None, shape=None, tags=None, exclude_tags=None,
+                                       options=(), endpoint_stats=True, no_request_timeout=10.0, workers=workers)
+
+            ticks: list[int] = []
+            try:
+                for workers in (None, 1, 2):  # None: load.cluster.workers (1)
+                    stats = runner(spec(workers), lambda st: ticks.append(st.requests) is not None)
+                    assert stats.role("stable").requests > 5 and stats.role("unknown").requests == 0
+                    assert [e for e, _ in events].count("create") == (1 if workers != 2 else 2), events
+            finally:
+                runner.close()
+            assert [e for e, _ in events] == ["create", "delete", "create", "delete"], events
+            assert events[0][1] == events[1][1] != events[2][1] == events[3][1]
+            assert leftovers(fake) == [] and fake.count("create", "deployments", namespace=NS) == 4
+            assert sorted(p.rsplit("-", 1)[-1] for p in fake.kubelet.started) == ["master", "master", "worker", "worker", "worker"]
+            assert len(ticks) >= 3  # the gates were asked during the stages (about once a second)
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -209,8 +209,9 @@ def reap(records: list[dict[str, Any]], settings: Any = None, kube: Any = None) 
             gone.append(run)
             if n:
                 print(f"• deleted {n} in-cluster load object(s) a killed command left ({LABEL}={run})", file=sys.stderr)
-        except RolloutError as exc:
-            print(f"Warning: could not delete the in-cluster load objects {LABEL}={run}: {exc.what}; "
+        except Exception as exc:  # noqa: BLE001  (never holds up the command that cleans up: the record stays for the next)
+            what = exc.what if isinstance(exc, RolloutError) else f"{type(exc).__name__}: {exc}"
+            print(f"Warning: could not delete the in-cluster load objects {LABEL}={run}: {what}; "
                   f"delete them with: kubectl -n {rec.get('namespace')} delete deploy,svc,cm -l {LABEL}={run}", file=sys.stderr)
     return gone
 
