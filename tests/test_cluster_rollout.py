@@ -210,6 +210,8 @@ def test_the_load_of_a_killed_driver_is_deleted_by_the_next_command(setup: Any, 
     assert len(left) == 4, left  # what the killed driver left: master and worker Deployments, the Service, the ConfigMap
     runs = ro.state()["load_runs"]
     assert len(runs) == 1 and all(runs[0]["run"] in name for name in left), (runs, left)  # recorded before they were created
+    st = ro("status")
+    assert f"in-cluster load may still run: {LABEL}={runs[0]['run']}" in st.stdout, st.stdout  # status says so
 
     r = ro("revert", "--reason", "the driver was killed")
     assert r.returncode == 0, r.stdout + r.stderr
