@@ -127,6 +127,12 @@ def test_the_pods_run_the_commands_the_templates_give_their_containers(cluster: 
     assert (master.cwd / "locustfile" / "locustfile.py").read_text() == "from locust import HttpUser\n"
     assert worker.cmd[3:6] == ["load-worker", "--master", f"127.0.0.1:{port}"]
     assert kubelet.service_port(NS, "rollout-load-t-master", "8089") == web
+    assert worker.proc is not None
+    worker.proc.kill()  # a crashed container comes back (the Deployment's restartPolicy: Always)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (worker.restarts == 1 and worker.running):
+        time.sleep(0.05)
+    assert worker.restarts == 1 and worker.running
     for o in objs:
         fake.delete(o["kind"].lower() + "s", NS, o["metadata"]["name"])
     wait_stopped(kubelet, 2)
@@ -233,3 +239,48 @@ def test_stage_workers_without_the_in_cluster_runner_is_a_plan_error_with_file_l
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     r = run_cli("validate", str(path))
     assert r.returncode == 2 and "stages[1].workers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_newcomer_runs_in_cluster_load_against_the_fake_api_server_started_from_the_command_line(targets: dict[str, str], tmp_path: Path) -> None:
+    """`python -m rollout.testing.apiserver --run-pods --kubeconfig kc` (README): `rollout gate` with
+    `load.runner: kubernetes` works against it as against a cluster."""
+    import os
+
+    kc = tmp_path / "kc"
+    api = subprocess.Popen([sys.executable, "-m", "rollout.testing.apiserver", "--port", "0", "--kubeconfig", str(kc), "--run-pods",
+                            "--pods-dir", str(tmp_path / "pods")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert api.stdout is not None
+        line = api.stdout.readline()
+        assert "fake kube-apiserver listening on http://127.0.0.1:" in line, line
+        doc = yaml.safe_load(Path(plan(tmp_path, _Kubeconfig(str(kc)), targets["healthy"])[0]).read_text())
+        assert doc["load"]["cluster"]["kubeconfig"] == str(kc)
+        r = run_cli("gate", "--quiet", str(tmp_path / "plan.yaml"), "--host", targets["healthy"], "--json", str(tmp_path / "r.json"),
+                    env={"GITHUB_STEP_SUMMARY": ""}, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        stats = json.loads((tmp_path / "r.json").read_text())["stages"][0]["stats"]
+        assert stats["v-healthy"]["requests"] > 20, stats
+        logs = sorted(p.name for p in (tmp_path / "pods" / NS).glob("*.log"))
+        assert len(logs) == 3, logs  # the master and two workers ran (their output kept under --pods-dir)
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    assert api.returncode == 0
+
+
+class _Kubeconfig:
+    """`plan()` asks its fake for a kubeconfig; here the server is another process that wrote one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write_kubeconfig(self, namespace: str) -> str:
+        import yaml as _yaml
+
+        doc = _yaml.safe_load(Path(self.path).read_text())
+        for ctx in doc.get("contexts") or []:
+            ctx["context"]["namespace"] = namespace
+        Path(self.path).write_text(_yaml.safe_dump(doc))
+        return self.path
