@@ -54,7 +54,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Any]]:
     with FakeApiServer(controller_delay=0, kubelet=tmp_path / "pods") as fake:
         (tmp_path / "load.py").write_text(LOCUSTFILE)
 
-        def make(stages: list[dict[str, Any]], workers: int = 2) -> Rollout:
+        def make(stages: list[dict[str, Any]], workers: int = 2, gates: dict[str, Any] | None = None) -> Rollout:
             doc = {
                 "name": "answer",
                 "owner": {"name": "Answers team", "contact": "answers@example.com"},
@@ -66,9 +66,9 @@ def setup(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Any]]:
                                      "ready_timeout": "60s"}},
                 # canary against stable, judged on the per-version numbers the in-cluster master serves (the naive
                 # rule after 30 requests: the mechanics, deterministic; the statistics have their own tests)
-                "gates": {"errors-vs-stable": {"metric": "error_rate", "compare": "stable", "max_increase": "5%",
-                                               "min_requests": 30, "method": "threshold"},
-                          "p95": {"metric": "p95", "max": "2s", "min_requests": 30, "method": "threshold"}},
+                "gates": gates or {"errors-vs-stable": {"metric": "error_rate", "compare": "stable", "max_increase": "5%",
+                                                        "min_requests": 30, "method": "threshold"},
+                                   "p95": {"metric": "p95", "max": "2s", "min_requests": 30, "method": "threshold"}},
                 "stages": stages,
             }
             (tmp_path / "plan.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -165,10 +165,16 @@ def everything_deleted(fake: FakeApiServer, ro: Rollout) -> None:
 @pytest.mark.slow
 def test_a_bad_canary_is_rolled_back_on_a_canary_vs_stable_gate_from_the_clusters_numbers(setup: Any, tmp_path: Path) -> None:
     fake, make = setup
-    ro = make(STAGES)
+    # the anytime-valid sequential test (`method: sequential`), on the per-version counts the master serves: it
+    # rolls the canary back as soon as the evidence is there, long before the stage's 20 s
+    ro = make([{**STAGES[0], "duration": "20s"}, STAGES[1]],
+              gates={"errors-vs-stable": {"metric": "error_rate", "compare": "stable", "max_increase": "2%", "method": "sequential",
+                                          "min_requests": 30}})
     bad = ro("run", "--version", "v3", "--json", str(tmp_path / "bad.json"))
     assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "rolled-back" in bad.stdout and "errors-vs-stable: canary error rate" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+    assert "rolled-back" in bad.stdout and "errors-vs-stable: canary errors" in bad.stdout and "[sequential" in bad.stdout, bad.stdout + bad.stderr
+    verdicts = json.loads((tmp_path / "bad.json").read_text())["stages"][0]["verdicts"]
+    assert [(v["gate"], v["status"]) for v in verdicts] == [("errors-vs-stable", "fail")] and "credibly" in verdicts[0]["message"], verdicts
     stages = per_role(tmp_path / "bad.json")
     assert len(stages) == 1 and stages[0]["canary"][1] > 0 and stages[0]["stable"][1] == 0, stages  # the canary's errors only
     assert "Warning" not in bad.stderr, bad.stderr
