@@ -36,7 +36,9 @@ class BakeResult:
 
 
 def bake(plan: Any, version: str, serve: Callable[[], Any], say: Callable[[str], None],
-         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> BakeResult:
+         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep, probe: Any = None) -> BakeResult:
+    """`probe`: a started rollout.watch.synthetic.ProbeSource for the plan's `watch.probe` (the caller
+    starts it through the entry point; closed here), feeding the probe and content gates."""
     from rollout.watch.sources import PrometheusCounters
 
     watch, duration = plan.watch, plan.bake.duration
@@ -45,16 +47,27 @@ def bake(plan: Any, version: str, serve: Callable[[], Any], say: Callable[[str],
     source = PrometheusCounters()
     start = clock()
     last_say = 0.0
+
+    def read(name: str, gate: Any) -> tuple[float, float] | None:
+        if gate.source == "prometheus":
+            return source.read(name, gate, version, "canary")
+        return probe.read(name, gate, version) if probe is not None else None
+
     try:
         while True:
             t = clock()
             outcome = serve()
             if outcome is not None:
                 return BakeResult("request", "an operator's request ended the bake", {}, outcome)
-            readings = {name: source.read(name, gate, version, "canary") for name, gate in watch.gates.items()}
+            readings = {name: read(name, gate) for name, gate in watch.gates.items()}
             for ev in monitor.observe(t, version, readings):
                 if ev.kind == "breach":
-                    return BakeResult("breach", ev.message, ev.details)
+                    details = dict(ev.details)
+                    if probe is not None and ev.gate is not None and watch.gates[ev.gate].content:
+                        doc = probe.evidence(ev.gate, version)
+                        if doc is not None:  # the worst answers, redacted, for the alert and the record
+                            details.update(evidence=doc["worst"], evidence_offending=doc["offered"])
+                    return BakeResult("breach", ev.message, details)
                 if ev.kind == "blind":
                     say(f"bake: {ev.message}")
             if t - last_say >= 10.0:
@@ -65,8 +78,11 @@ def bake(plan: Any, version: str, serve: Callable[[], Any], say: Callable[[str],
             sleep(max(0.0, min(watch.every, duration - (clock() - start)) - (clock() - t)))
     finally:
         source.close()
+        if probe is not None:
+            probe.close()
     seen = sum(r.detector.total_n for r in monitor.gates.values())
     if not seen:
-        why = "; ".join(f"{n}: {e}" for n, e in source.last_error.items()) or "no request was counted"
+        errors = {**source.last_error, **(probe.last_error if probe is not None else {})}
+        why = "; ".join(f"{n}: {e}" for n, e in errors.items()) or "no request was counted"
         return BakeResult("no-evidence", f"the bake of {version} saw no data in {duration:g}s ({why}): not a clean bake", {"version": version})
     return BakeResult("clean", f"bake of {version} clean for {duration:g}s: {monitor.summary()}", {"version": version})

@@ -555,7 +555,15 @@ class Engine:
         self._audit("bake-started", f"bake of {st.canary_version} for {b.duration:g}s, judged by the watch gates "
                     f"({', '.join(self.plan.watch.gates) if self.plan.watch else '-'})")
         self.save()
-        result = bake(self.plan, st.canary_version, self._serve_between_steps, self.out.event, self.clock)
+        probe = None
+        w = self.plan.watch
+        if w is not None and w.probe is not None:  # the watch's synthetic probe, through the entry point, on the canary
+            from rollout.watch.synthetic import ProbeSource
+
+            probe = ProbeSource(self.loaded, w, w.probe.host or self.backend.entry_url(st), expect=st.canary_version,
+                                say=self.out.event)
+            probe.start()
+        result = bake(self.plan, st.canary_version, self._serve_between_steps, self.out.event, self.clock, probe=probe)
         if result.verdict == "request":
             return result.outcome
         if result.verdict == "clean":
