@@ -36,12 +36,13 @@ class BakeResult:
 
 
 def bake(plan: Any, version: str, serve: Callable[[], Any], say: Callable[[str], None],
-         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep, probe: Any = None) -> BakeResult:
+         clock: Callable[[], float] = time.time, sleep: Callable[[float], None] | None = None, probe: Any = None) -> BakeResult:
     """`probe`: a started rollout.watch.synthetic.ProbeSource for the plan's `watch.probe` (the caller
     starts it through the entry point; closed here), feeding the probe and content gates."""
     from rollout.watch.sources import PrometheusCounters
 
     watch, duration = plan.watch, plan.bake.duration
+    sleep = sleep or time.sleep  # looked up now: gevent's once locust patched it (the probe's users run meanwhile)
     monitor = Monitor(watch)
     monitor.reset(version)
     source = PrometheusCounters()

@@ -40,7 +40,7 @@ def previous_revision(state: Any) -> Any:
 
 
 class WatchLoop:
-    def __init__(self, loaded: Any, backend: Any, store: Any, who: str, clock: Any = time.time, sleep: Any = time.sleep) -> None:
+    def __init__(self, loaded: Any, backend: Any, store: Any, who: str, clock: Any = time.time, sleep: Any = None) -> None:
         from rollout.notify import Notifier
         from rollout.watch import record
         from rollout.watch.sources import PrometheusCounters
@@ -51,7 +51,9 @@ class WatchLoop:
                              "add one (gates over Prometheus counters; see README, “Watching production”)")
         self.watch = self.plan.watch
         self.backend, self.store, self.who = backend, store, who
-        self.clock, self.sleep = clock, sleep
+        # time.sleep looked up now, not at import: with a probe, locust's gevent has patched it since, and a
+        # sleep that blocks the whole process would starve the probe's users
+        self.clock, self.sleep = clock, sleep or time.sleep
         self.record = record.for_store(store, self.plan.name)
         saved = self.record.load()
         self.monitor = Monitor.from_dict(self.watch, saved)
@@ -78,6 +80,11 @@ class WatchLoop:
         from rollout.errors import RolloutError
         from rollout.watch.synthetic import ProbeSource
 
+        if self.watch.probe.host is None and state is None:
+            if self.monitor.checks <= 1:
+                _say(f"probe not started: no rollout of `{self.plan.name}` is recorded, so no entry point is known yet "
+                     "(its gates stay blind; `rollout run` first, or give watch.probe.host)")
+            return
         try:
             host = self.watch.probe.host or self.backend.entry_url(state)
         except RolloutError as exc:

@@ -36,6 +36,7 @@ from rollout.plan.watch import Watch, WatchGate
 from rollout.watch.evidence import EvidenceSampler, exchange
 
 FOREVER = 10 * 365 * 86400.0
+FIRST_ANSWER_WAIT = 3.0  # seconds the probe's start waits for its first answer
 
 
 def content_source(loaded: Any, gate: WatchGate) -> tuple[list[str] | None, str | None]:
@@ -111,6 +112,11 @@ class ProbeSource:
         self._sess, self._env, self._runner = sess, env, runner
         runner.start(p.users, spawn_rate=float(p.users))
         self.started_at = time.time()
+        import gevent
+
+        deadline = time.monotonic() + FIRST_ANSWER_WAIT  # the first check then has answers, not a moment of "blind"
+        while self.sent == 0 and time.monotonic() < deadline:
+            gevent.sleep(0.05)
         self.say(f"probe: {p.users} user(s) of {self.locustfile.name} through {self.host}, at most {p.rate:g} req/s, "
                  f"{p.max_requests:,} requests in all")
 
