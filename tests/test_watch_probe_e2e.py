@@ -169,3 +169,29 @@ def test_an_unchanged_version_under_the_probe_raises_nothing(setup: Any) -> None
     assert not [ev for ev in hook.events if ev["event"].startswith("watch-")], hook.events
     assert e.state_doc()["stable_version"] == "v2"
     assert not (record(e).get("evidence") or {}), "an unchanged version has no offending answers to show"
+
+
+def test_a_bake_judged_by_the_probe_rolls_back_a_less_confident_version_with_its_evidence(setup: Any) -> None:
+    e, hook = setup("revert")
+    plan = yaml.safe_load(e.plan.read_text())
+    plan["bake"] = {"duration": "40s"}
+    e.plan.write_text(yaml.safe_dump(plan, sort_keys=False))
+    e.degrade("v2", confidence=0.6)  # every answer 200 OK: the stage's error gate passes, the bake's content gate does not
+    started = time.monotonic()
+    r = e.cli("run", "--version", "v2", timeout=120)
+    took = time.monotonic() - started
+    assert r.returncode == 1, r.stdout + r.stderr
+    said = r.stdout + r.stderr  # events go to stderr, the outcome to stdout
+    assert "probe: 2 user(s) of probe.py" in said and "bake evidence:" in said and TOKEN not in said, said
+    st = e.state_doc()
+    assert st["phase"] == "rolled-back" and st["stable_version"] == "v1"
+    assert "bake:" in st["reason"] and "answers with confidence < 0.7:" in st["reason"], st["reason"]
+    kept = [h for h in st["history"] if h["action"] == "bake-evidence"]
+    assert len(kept) == 1 and "api_key=***" in kept[0]["detail"] and API_KEY not in kept[0]["detail"], kept
+    failed = wait_until(lambda: [ev for ev in hook.events if ev["event"] == "gate-failed"], 10)
+    assert failed and failed[0]["details"]["gate"] == "low-confidence", hook.events
+    evidence = failed[0]["details"]["evidence"]
+    assert 1 <= len(evidence) <= 5 and all(item["value"] < 0.7 for item in evidence)
+    assert TOKEN not in json.dumps(hook.events)
+    assert took < 40 + 30, f"the breach ended the bake early ({took:.0f}s)"  # not the whole 40 s bake and then some
+    print(f"\nbake: rolled back {took:.1f}s after `rollout run` started (stage 2s + bake until the breach)")

@@ -570,6 +570,14 @@ class Engine:
             self._audit("bake-clean", result.message)
             self.save()
             return None
+        if result.details.get("evidence"):  # a content gate: the worst answers (redacted) for the person who reviews
+            from rollout.watch.evidence import lines
+
+            shown = lines({"worst": result.details["evidence"]}, limit=5)
+            for line in shown:
+                self.out.event(f"bake evidence: {line}")
+            self._audit("bake-evidence", f"{result.details.get('gate')}: the {len(shown)} worst of "
+                        f"{result.details.get('evidence_offending', len(shown))} offending answers: " + " | ".join(shown), echo=False)
         self.notifier.emit("gate-failed", f"bake of {st.canary_version} failed: {result.message}; rolling back to {st.stable_version}",
                            self._alert_details(**result.details))
         self._rollback("rollback", f"bake: {result.message}")
