@@ -119,6 +119,8 @@ def test_a_confidence_drop_seen_by_the_probe_is_reverted_with_the_worst_answers_
         reverted_at = time.time()
         breach = wait_until(lambda: [ev for ev in hook.events if ev["event"] == "watch-breach"], 10)
         assert breach, hook.events
+        # the revert is done (the canary stopped, said) once the watch judges v1: only then is it stopped
+        assert wait_until(lambda: record(e).get("version") == "v1", 30), record(e)
     finally:
         w.send_signal(signal.SIGTERM)
         out, _ = w.communicate(timeout=30)

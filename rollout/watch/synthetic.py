@@ -230,11 +230,6 @@ class ProbeSource:
             if gate in self.content and isinstance(doc, dict) and doc.get("version") == version and version is not None:
                 self._sampler(gate, version).restore(doc)
 
-    def forget(self, keep: str | None) -> None:
-        """Drop the evidence about versions other than `keep` (a revert: the degraded version no longer serves)."""
-        for key in [k for k in self.samplers if k[1] != keep]:
-            del self.samplers[key]
-
 
 def _exchange(method: str, url: str | None, response: Any, listed: frozenset[str], max_bytes: int) -> dict[str, Any]:
     request = getattr(response, "request", None)
