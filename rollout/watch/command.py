@@ -1,8 +1,10 @@
 """`rollout watch PLAN`: judge the live version every `watch.every`, alert, and revert on a breach.
 
 One loop, in this order each check: read the rollout state (which version is live: it changes when a
-rollout promotes or someone reverts), read every gate's counters, let the monitor judge, act on what
-it says, save the watch record. Acting:
+rollout promotes or someone reverts), read every gate's counters — from Prometheus, or from the watch's
+synthetic probe (`watch.probe`: Locust users in this process through the entry point, started at the first
+check that knows the entry point; rollout.watch.synthetic) — let the monitor judge, act on what it says,
+save the watch record (with the content gates' evidence: the worst answers, redacted). Acting:
 
 - breach → a `watch-breach` alert with the numbers; with `on_breach: revert`, `rollout revert` to the
   previous revision at once (taking the rollout's lock like any command; recorded with who = the watch,
