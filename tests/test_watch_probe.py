@@ -190,3 +190,51 @@ def test_alertmanager_keeps_the_evidence_of_a_content_breach(alertmanager: str) 
         assert "tok-0123456789" not in json.dumps(got)
     finally:
         n.close(0)
+
+
+# -- the bake's verdict when the probe saw nothing ---------------------------------------------
+
+
+class _Counts:
+    """A stand-in for the probe's counters (rollout.watch.synthetic.ProbeSource.read): fixed answers per check."""
+
+    def __init__(self, per_check: int, bad_share: float) -> None:
+        self.per_check, self.bad_share, self.n = per_check, bad_share, 0
+        self.last_error: dict[str, str] = {}
+        self.closed = False
+
+    def read(self, name: str, gate: Any, version: str) -> tuple[float, float] | None:
+        self.n += self.per_check
+        return (self.n * self.bad_share, float(self.n)) if self.per_check else None
+
+    def evidence(self, gate: str, version: str) -> dict[str, Any] | None:
+        return {"version": version, "offered": 3, "worst": [{"value": 0.1}]}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _bake(probe: Any) -> Any:
+    from types import SimpleNamespace
+
+    from rollout.engine.bake import bake
+
+    w = Watch.model_validate({"every": "1s", "false_alarm_every": "1h", "probe": {},
+                              "gates": {"low": {"json": "confidence", "below": 0.7, "max": "5%"}}})
+    plan = SimpleNamespace(watch=w, bake=SimpleNamespace(duration=10.0))
+    t = [1000.0]
+
+    def sleep(s: float) -> None:
+        t[0] += max(s, 0.5)
+
+    return bake(plan, "v2", lambda: None, lambda text: None, clock=lambda: t[0], sleep=sleep, probe=probe)
+
+
+def test_a_bake_whose_probe_saw_nothing_is_not_clean_and_a_content_breach_carries_evidence() -> None:
+    assert _bake(None).verdict == "no-evidence"  # the probe could not start: fail closed
+    silent = _Counts(0, 0.0)
+    r = _bake(silent)
+    assert r.verdict == "no-evidence" and silent.closed, r
+    assert _bake(_Counts(20, 0.0)).verdict == "clean"
+    r = _bake(_Counts(20, 0.8))
+    assert r.verdict == "breach" and r.details["evidence"] == [{"value": 0.1}] and r.details["evidence_offending"] == 3, r

@@ -8,9 +8,9 @@ route update. The verdict:
 
 - a breach → "breach" with the numbers: the executor rolls back at once (all traffic to the previous
   version, canary stopped) and the rollout ends rolled back;
-- no evidence at all (every read failed, or no request was counted) → "no-evidence": a bake that saw
-  nothing is not a clean bake, and the executor rolls back, saying so (missing data never *fails* a
-  version in a watch, but a promotion needs evidence);
+- no evidence for some gate (its reads all failed, no request was counted, the probe could not start)
+  → "no-evidence": a bake that did not see what a gate judges is not a clean bake, and the executor
+  rolls back, saying so (missing data never *fails* a version in a watch, but a promotion needs evidence);
 - otherwise "clean": the executor promotes and the previous version is released.
 
 A process killed mid-bake leaves the state at "every stage passed", split all on the canary: the next
@@ -81,8 +81,13 @@ def bake(plan: Any, version: str, serve: Callable[[], Any], say: Callable[[str],
         source.close()
         if probe is not None:
             probe.close()
-    seen = sum(r.detector.total_n for r in monitor.gates.values())
-    if not seen:
+    blind = [n for n, r in monitor.gates.items() if not r.detector.total_n]
+    if blind and len(blind) < len(monitor.gates):  # some gates judged, some saw nothing (a probe that never started…)
+        errors = {**source.last_error, **(probe.last_error if probe is not None else {})}
+        why = "; ".join(f"{n}: {errors.get(n, 'nothing counted')}" for n in blind)
+        return BakeResult("no-evidence", f"the bake of {version} saw no data for {', '.join(blind)} in {duration:g}s ({why}): "
+                          "not a clean bake", {"version": version})
+    if blind:
         errors = {**source.last_error, **(probe.last_error if probe is not None else {})}
         why = "; ".join(f"{n}: {e}" for n, e in errors.items()) or "no request was counted"
         return BakeResult("no-evidence", f"the bake of {version} saw no data in {duration:g}s ({why}): not a clean bake", {"version": version})

@@ -560,9 +560,13 @@ class Engine:
         if w is not None and w.probe is not None:  # the watch's synthetic probe, through the entry point, on the canary
             from rollout.watch.synthetic import ProbeSource
 
-            probe = ProbeSource(self.loaded, w, w.probe.host or self.backend.entry_url(st), expect=st.canary_version,
-                                say=self.out.event)
-            probe.start()
+            try:
+                probe = ProbeSource(self.loaded, w, w.probe.host or self.backend.entry_url(st), expect=st.canary_version,
+                                    say=self.out.event)
+                probe.start()
+            except RolloutError as exc:  # fail closed: its gates stay blind; a bake that saw nothing is not clean
+                self.out.event(f"bake: the probe could not start: {exc.what} — {exc.hint}")
+                probe = None
         result = bake(self.plan, st.canary_version, self._serve_between_steps, self.out.event, self.clock, probe=probe)
         if result.verdict == "request":
             return result.outcome
