@@ -65,6 +65,8 @@ def test_a_valid_probe_and_content_gates_load(tmp_path: Path, base_plan: dict) -
      "watch.probe.locustfile", "an existing locustfile"),
     ({"probe": {"redact_headers": ["a b"]}, "gates": {"e": {"probe": "errors", "max": "1%"}}}, "a b",
      "watch.probe.redact_headers[0]", "header name"),
+    ({"probe": {"evidence": 200, "evidence_bytes": 4096}, "gates": {"e": {"probe": "errors", "max": "1%"}}}, "probe:",
+     "watch.probe", "at most 64 KiB"),
     ({"gates": {"e": {"probe": "errors", "max": "1%"}}}, "probe: errors", "watch.gates.e.probe", "a `watch.probe` section"),
     ({"probe": {}, "gates": {"c": {"metric": "confidence", "below": 0.7, "max": "5%"}}}, "metric: confidence",
      "watch.gates.c.metric", "declared under load.metrics"),

@@ -51,6 +51,7 @@ def _rule(check: Any) -> Any:
 HeaderName = Annotated[str, _rule(names.check_header_name)]
 Url = Annotated[str, _rule(names.check_url)]
 
+EVIDENCE_BUDGET = 64 * 1024  # bytes of kept bodies per content gate and side (request, answer)
 # headers whose values never reach evidence, alerts or the record (plus `probe.redact_headers`)
 REDACTED_HEADERS = ("authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "x-auth-token")
 
@@ -74,6 +75,14 @@ class Probe(Strict):
     evidence_bytes: int = Field(2048, ge=64, le=65536, description="at most this many bytes of each kept request/answer body")
     redact_headers: list[HeaderName] = Field(default_factory=list, description="headers shown as *** in the evidence, besides "
                                              + ", ".join(REDACTED_HEADERS))
+
+    @model_validator(mode="after")
+    def _evidence_fits(self) -> Probe:
+        # the evidence is saved with the watch record every check (a ConfigMap on Kubernetes: 1 MiB in all)
+        if self.evidence * self.evidence_bytes > EVIDENCE_BUDGET:
+            raise ValueError(f"evidence × evidence_bytes at most {EVIDENCE_BUDGET // 1024} KiB per content gate "
+                             f"(got {self.evidence} × {self.evidence_bytes}); the record keeps it beside the statistics")
+        return self
 
 
 class PromCounters(Strict):
