@@ -743,6 +743,7 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
             from rollout.plan.names import printable
 
             print(f"\nWatch:    {printable(watched['summary'])}" + "".join(f"\n  FIRING  {printable(f)}" for f in watched["firing"]))
+            _print_evidence(watched["evidence"])
     return EXIT_OK
 
 
@@ -765,6 +766,19 @@ def _orphans(backend: Any, store: Any, state: Any) -> list[dict[str, Any]] | Non
     return found
 
 
+def _print_evidence(evidence: dict[str, Any]) -> None:
+    """The worst answers a content gate kept (redacted when kept), for the person who reviews."""
+    from rollout.watch.evidence import lines
+
+    for gate, doc in evidence.items():
+        if not isinstance(doc, dict) or not doc.get("worst"):
+            continue
+        print(f"\nEvidence: {printable(str(gate))} — the {len(doc['worst'])} worst of {int(doc.get('offered') or 0):,} offending "
+              f"answers of {printable(str(doc.get('version')))}" + (f" (breach: {printable(str(doc['breach']))})" if doc.get("breach") else ""))
+        for line in lines(doc):
+            print("  " + printable(line))
+
+
 def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
     """What `rollout watch` last saved for this plan (its statistics, what fires), for status; None without one."""
     if loaded.plan.watch is None:
@@ -778,8 +792,9 @@ def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
     m = Monitor.from_dict(loaded.plan.watch, saved)
     if m.version is None:
         return None
-    firing = [m.gates[n].detector.describe(m.what(n)) for n in m.firing]
-    return {"summary": m.summary(), "firing": firing, "checks": m.checks, "record": saved}
+    firing = [m.describe(n) for n in m.firing]
+    return {"summary": m.summary(), "firing": firing, "checks": m.checks, "record": saved,
+            "evidence": saved.get("evidence") or {}}
 
 
 @app.command(name="list")
@@ -1030,6 +1045,10 @@ def watch(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOp
         if not duration > 0 or duration != duration or duration == float("inf"):
             raise UsageError(f"--for {for_!r}: expected a finite duration above 0", "give a duration such as 30s, 10m or 8h")
     loaded = _load(plan)
+    if loaded.plan.watch is not None and loaded.plan.watch.probe is not None:
+        import rollout.watch.synthetic  # noqa: F401  (locust first: it must patch before ssl is imported)
+
+        _install_sigterm_gevent()
     backend, store = factory.make(loaded, state_dir, **_conn(kubeconfig, context, namespace))
     loop = WatchLoop(loaded, backend, store, f"rollout watch ({actor()})")
     loop.exporter = _exporter(loaded.plan.name, metrics_port)

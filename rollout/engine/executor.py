@@ -559,13 +559,33 @@ class Engine:
         self._audit("bake-started", f"bake of {st.canary_version} for {b.duration:g}s, judged by the watch gates "
                     f"({', '.join(self.plan.watch.gates) if self.plan.watch else '-'})")
         self.save()
-        result = bake(self.plan, st.canary_version, self._serve_between_steps, self.out.event, self.clock)
+        probe = None
+        w = self.plan.watch
+        if w is not None and w.probe is not None:  # the watch's synthetic probe, through the entry point, on the canary
+            from rollout.watch.synthetic import ProbeSource
+
+            try:
+                probe = ProbeSource(self.loaded, w, w.probe.host or self.backend.entry_url(st), expect=st.canary_version,
+                                    say=self.out.event)
+                probe.start()
+            except RolloutError as exc:  # fail closed: its gates stay blind; a bake that saw nothing is not clean
+                self.out.event(f"bake: the probe could not start: {exc.what} — {exc.hint}")
+                probe = None
+        result = bake(self.plan, st.canary_version, self._serve_between_steps, self.out.event, self.clock, probe=probe)
         if result.verdict == "request":
             return result.outcome
         if result.verdict == "clean":
             self._audit("bake-clean", result.message)
             self.save()
             return None
+        if result.details.get("evidence"):  # a content gate: the worst answers (redacted) for the person who reviews
+            from rollout.watch.evidence import lines
+
+            shown = lines({"worst": result.details["evidence"]}, limit=5)
+            for line in shown:
+                self.out.event(f"bake evidence: {line}")
+            self._audit("bake-evidence", f"{result.details.get('gate')}: the {len(shown)} worst of "
+                        f"{result.details.get('evidence_offending', len(shown))} offending answers: " + " | ".join(shown), echo=False)
         self.notifier.emit("gate-failed", f"bake of {st.canary_version} failed: {result.message}; rolling back to {st.stable_version}",
                            self._alert_details(**result.details))
         self._rollback("rollback", f"bake: {result.message}")

@@ -106,6 +106,32 @@ def _label(value: Any) -> str:
     return " ".join(str(value).split())[:200]  # one line, bounded: labels are index keys
 
 
+def _fit_evidence(evidence: Any, limit: int) -> str:
+    """A content alert's sample as JSON within `limit` characters: whole items, worst first, as many as fit
+    (bodies shortened first), so the annotation stays valid JSON; the rest is in `rollout status`."""
+    if not isinstance(evidence, list):
+        return _cut(json.dumps(evidence, ensure_ascii=False, default=str), limit)
+
+    def short(item: Any, n: int) -> Any:
+        if not isinstance(item, dict):
+            return item
+        out = dict(item)
+        for side in ("request", "answer"):
+            part = out.get(side)
+            if isinstance(part, dict) and isinstance(part.get("body"), str):
+                out[side] = {**part, "body": _cut(part["body"], n)}
+        return out
+
+    for n in (400, 160, 60):
+        items = [short(i, n) for i in evidence]
+        while items:
+            text = json.dumps(items, ensure_ascii=False, default=str)
+            if len(text) <= limit:
+                return text
+            items.pop()
+    return "[]"
+
+
 def alertmanager(event: str, plan: str, owner: dict[str, str], message: str, details: Any, at: float) -> list[dict[str, Any]]:
     """One alert for Alertmanager's v2 API (POST /api/v2/alerts takes a list).
 
@@ -130,7 +156,7 @@ def alertmanager(event: str, plan: str, owner: dict[str, str], message: str, det
         "hint": f"rollout status {plan}",
     }
     if d.get("evidence"):
-        annotations["evidence"] = _cut(json.dumps(d["evidence"], ensure_ascii=False, default=str), 4000)
+        annotations["evidence"] = _fit_evidence(d["evidence"], 4000)
     since = d.get("since")
     starts = float(since) if isinstance(since, (int, float)) and since <= at else at
     ttl = d.get("ttl")

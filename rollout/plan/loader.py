@@ -620,6 +620,7 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
                     add(where, f"gate `{gname}` needs stable traffic",
                         f"no stable comparison in stage `{name}`: load_to: canary sends nothing to stable "
                         f"(remove it there with `gates: {{{gname}: null}}`)")
+    issues += _watch_checks(data, base, add, declared)
     load = _get(data, "load")
     if not (isinstance(load, dict) and load.get("runner") == "kubernetes"):
         # stages[].workers: worker pods per stage; local workers (load.workers) live as long as the command
@@ -629,6 +630,47 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
                     "`load.runner: kubernetes` (worker pods per stage), or remove it: local worker processes are "
                     "load.workers, for every stage")
     return issues
+
+
+def _locustfile_issue(value: Any, base: Path) -> str | None:
+    """Why `value` is not an existing locustfile (None when it is one)."""
+    lf = Path(value)
+    lf_path = lf if lf.is_absolute() else base / lf
+    try:
+        exists = lf_path.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL: no such file either
+        exists = False
+    return None if exists else f"an existing locustfile (looked at {printable(str(lf_path))[:300]})"
+
+
+def _watch_checks(data: Any, base: Path, add: Any, declared: dict[str, Any]) -> list[PlanIssue]:
+    """The watch's probe and the gates that count its answers (rollout.plan.watch): located at the gate's field."""
+    watch = _get(data, "watch")
+    if not isinstance(watch, dict):
+        return []
+    probe = watch.get("probe")
+    locustfile = _get(probe, "locustfile")
+    if isinstance(locustfile, str) and locustfile:
+        why = _locustfile_issue(locustfile, base)
+        if why:
+            add(("watch", "probe", "locustfile"), repr(locustfile), why)
+    gates = watch.get("gates")
+    for gname, gate in (gates.items() if isinstance(gates, dict) else []):
+        if not isinstance(gate, dict):
+            continue
+        field = next((k for k in ("probe", "metric", "json") if gate.get(k) is not None), None)
+        if field is not None and not isinstance(probe, dict):
+            add(("watch", "gates", gname, field), repr(gate.get(field)),
+                "a `watch.probe` section (this gate counts the probe's answers), e.g. probe: {users: 2}")
+        metric = gate.get("metric")
+        if isinstance(metric, str):
+            source = declared.get(metric)
+            if not isinstance(source, dict) or not (source.get("json") or source.get("header")):
+                readable = [str(n) for n, m in declared.items() if isinstance(m, dict) and (m.get("json") or m.get("header"))]
+                add(("watch", "gates", gname, "metric"), repr(metric),
+                    "a metric declared under load.metrics with a `json` or `header` source"
+                    + (f" ({', '.join(readable)})" if readable else " (none is), or `json: FIELD` in the gate"))
+    return []
 
 
 def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:

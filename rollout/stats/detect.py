@@ -156,8 +156,10 @@ class RateCusum:
     def evidence(self) -> Window:
         return self.windows[self.leading()]
 
-    def describe(self, what: str = "error rate", fmt_time: Any = None) -> str:
-        """'error rate 2.1 % over the last 4,120 requests (limit 1 %), since 06:12; CUSUM 17.2 ≥ 16.9'."""
+    def describe(self, what: str = "error rate", fmt_time: Any = None, unit: str = "requests") -> str:
+        """'error rate 2.1 % over the last 4,120 requests (limit 1 %), since 06:12; CUSUM 17.2 ≥ 16.9';
+        with unit="answers" (a content gate, whose limit is the baseline share of low answers):
+        'answers with confidence < 0.7: 41.00% over the last 320 answers, baseline 5%, since 10:12; CUSUM …'."""
         w = self.evidence()
         since = ""
         if w.since is not None:
@@ -165,7 +167,10 @@ class RateCusum:
 
             since = ", since " + (fmt_time(w.since) if fmt_time else _time.strftime("%H:%M:%S", _time.localtime(w.since)))
         rel = "≥" if self.leading_excess() >= 0 else "<"
-        return (f"{what} {w.rate * 100:.2f}% over the last {w.n:,} requests (limit {self.limit * 100:g}%){since}; "
+        if unit == "answers":
+            return (f"{what}: {w.rate * 100:.2f}% over the last {w.n:,} answers, baseline {self.limit * 100:g}%{since}; "
+                    f"CUSUM {self.statistic:.1f} {rel} {self._h_each:.1f}")
+        return (f"{what} {w.rate * 100:.2f}% over the last {w.n:,} {unit} (limit {self.limit * 100:g}%){since}; "
                 f"CUSUM {self.statistic:.1f} {rel} {self._h_each:.1f}")
 
     # -- persistence ---------------------------------------------------------------------

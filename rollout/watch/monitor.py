@@ -59,7 +59,19 @@ class Monitor:
         self.blind_since, self.blind_alerted = None, False
 
     def what(self, name: str) -> str:
-        return self.watch.gates[name].what or name
+        gate = self.watch.gates[name]
+        if gate.what:
+            return gate.what
+        if gate.content:
+            return f"answers with {gate.json_field or gate.metric} < {gate.below:g}"
+        return name
+
+    def unit(self, name: str) -> str:
+        """What a gate counts: the probe's answers for a content gate, else requests."""
+        return "answers" if self.watch.gates[name].content else "requests"
+
+    def describe(self, name: str) -> str:
+        return self.gates[name].detector.describe(self.what(name), unit=self.unit(name))
 
     def observe(self, now: float, version: str, readings: dict[str, tuple[float, float] | None]) -> list[Event]:
         events: list[Event] = []
@@ -95,11 +107,11 @@ class Monitor:
             rec.last_batch = (n, x)
             change = rec.detector.update(n, x, now)
             if change is Change.ALARM:
-                events.append(Event("breach", name, f"{version}: {rec.detector.describe(self.what(name))}",
+                events.append(Event("breach", name, f"{version}: {self.describe(name)}",
                                     self.details(name)))
             elif change is Change.RESOLVED:
                 events.append(Event("resolved", name, f"{version}: {self.what(name)} back under {self.watch.gates[name].max * 100:g}% "
-                                    f"({rec.detector.describe(self.what(name))})", self.details(name)))
+                                    f"({self.describe(name)})", self.details(name)))
         return events
 
     def details(self, name: str) -> dict[str, Any]:
