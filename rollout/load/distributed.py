@@ -101,6 +101,7 @@ def merge_delta(stats: StageStats, data: dict[str, Any]) -> None:
         vs.merge(VersionStats(int(d["requests"]), int(d["failures"]), Histogram.from_dict(d["latency"])))
     for key, n in (data.get("routing") or {}).items():
         stats.cohort_routing[key] = stats.cohort_routing.get(key, 0) + int(n)
+    stats.cut_mid_task += int(data.get("cut_mid_task") or 0)
     if data.get("endpoints") and stats.endpoints is not None:  # locust-native (#9)
         from rollout.load.endpoints import EndpointStats
 
