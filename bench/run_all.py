@@ -17,6 +17,7 @@ RUNS = [
     ["bench_k8s.py", "--rounds", "20"],
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],
+    ["bench_workers.py", "--rounds", "3", "--seconds", "10"],
     ["bench_false_rollback.py"],
     ["bench_absolute.py"],
     ["bench_watch.py"],
