@@ -43,7 +43,9 @@ def walkthrough_block() -> str:
 
 
 def port_free(port: int) -> bool:
+    """Nobody listens there (TIME-WAIT leftovers of the last run do not count: the servers bind with SO_REUSEADDR)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
