@@ -13,7 +13,10 @@ request is counted for the version whose header answered it.
 
 Lag: a worker's numbers reach the gates up to ~1 s later than in-process; at
 the end the master stops the workers and waits for their last deltas before
-it returns.
+it returns. Totals are exact (tests/test_load_worker.py, also with a worker
+joining mid-stage: `worker_plugin.adopt_running_users`) but for requests on
+the wire when Locust kills a user mid-task, whose users are counted
+(`StageStats.cut_mid_task`).
 
 Workers beyond this machine (#13): `rollout load-worker --master HOST:PORT`
 runs exactly the command `Workers` starts here (`worker_command`, the same
