@@ -98,3 +98,20 @@ def test_the_fake_api_server_walkthrough_runs_as_written() -> None:
     assert "promoted: v2 promoted" in out and "v2 is now stable (was v1)" in out, out[-6000:]
     assert "back to revision 1 (v1, was v2)" in out, out[-6000:]
     assert "Traceback" not in out, out[-6000:]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-n", "shop", "--httproute", "answer", "--kubeconfig", "/nonexistent/kc", "--backend", "a=1", "--backend", "b=2"], "/nonexistent/kc"),
+    (["-n", "shop", "--httproute", "answer", "--kubeconfig", "KC", "--image", "registry.example.com/answer:1.0"], "expected NAME=PORT"),
+    (["-n", "shop", "--httproute", "answer", "--kubeconfig", "KC"], "give either backends"),
+    (["-n", "shop", "--kubeconfig", "KC", "--backend", "a=1", "--backend", "b=2"], "route_name is required"),
+    (["-n", "shop", "--httproute", "answer", "--kubeconfig", "KC", "--services", "only-one", "--image", "i=1"], "expected STABLE,CANARY"),
+])
+def test_the_gateway_command_refuses_bad_input_with_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    kc = tmp_path / "kc"
+    kc.write_text("apiVersion: v1\nkind: Config\ncurrent-context: c\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+                  "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\nusers: [{name: u, user: {token: t}}]\n")
+    args = [str(kc) if a == "KC" else a for a in args]
+    r = subprocess.run([sys.executable, "-m", "rollout.testing.gateway", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2 and message in r.stderr and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr, r.stderr
