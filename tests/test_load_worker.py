@@ -326,3 +326,41 @@ def test_users_spawned_before_the_stage_classes_are_stopped_with_the_stage(serve
         assert out == {"changed": 4, "left": 0}, out
     else:
         assert out == {"changed": 0, "left": 4}, out
+
+
+def test_a_worker_joining_a_cohort_stage_runs_the_cohort_users(tmp_path: Path) -> None:
+    """`rollout run --expect-workers 1`, a cohort stage, a second worker joins mid-stage. Locust tells it to spawn
+    `<User>Cohort` users while it connects, before the stage's settings have defined that class there: it used to
+    die on the unknown name (KeyError, exit 2, its load lost). Now its spawn waits for the stage's classes: both
+    workers exit 0 and every cohort request went to the canary, every other one to stable."""
+    from tests.test_local_e2e import LOCUSTFILE as E2E_LOCUSTFILE
+    from tests.test_local_e2e import Rollout, make_plan
+
+    ro = Rollout(make_plan(tmp_path, [{"name": "payments", "cohort": {"x-team": "payments"}, "weight": 0, "duration": "15s"}], gates={}),
+                 tmp_path / "state")
+    port = free_port()
+    master = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(ro.plan), "--version", "v2", "--expect-workers", "1",
+                               "--master-bind", f"127.0.0.1:{port}", "--ready-timeout", "90", "--json", str(tmp_path / "r.json")],
+                              cwd=ROOT, env={**_env(), **ro.env, "GITHUB_STEP_SUMMARY": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [load_worker(f"127.0.0.1:{port}", Path(E2E_LOCUSTFILE))]
+    try:
+        deadline = time.monotonic() + 90
+        state = tmp_path / "state"
+        while time.monotonic() < deadline and master.poll() is None:  # the stage has started (its load waits for worker 1)
+            if any("stage-started" in p.read_text(errors="replace") for p in state.rglob("*.json")):
+                break
+            time.sleep(0.2)
+        time.sleep(5)  # worker 1 has joined and runs the users, well inside the 15 s stage
+        workers.append(load_worker(f"127.0.0.1:{port}", Path(E2E_LOCUSTFILE)))
+        out, err = master.communicate(timeout=180)
+        assert master.returncode == 0, out + err
+        codes = [w.wait(timeout=30) for w in workers]
+        assert codes == [0, 0], [(w.stdout.read() if w.stdout else "")[-2000:] for w in workers]
+        stage = json.loads((tmp_path / "r.json").read_text())["stages"][0]
+        routing = stage["stats"]["cohort_routing"]
+        assert routing.get("cohort->canary", 0) >= 10 and routing.get("other->stable", 0) >= 30, routing
+        assert routing.get("cohort->stable", 0) == 0 and routing.get("other->canary", 0) == 0, routing
+        assert stage["stats"].get("unknown", {}).get("requests", 0) == 0, stage["stats"]
+    finally:
+        stop_all([p for p in (master, *workers) if p.poll() is None])
+        ro("down")

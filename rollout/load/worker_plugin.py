@@ -183,9 +183,40 @@ def _take_early() -> list[dict[str, Any]]:
     return early
 
 
+CLASSES_WAIT = 15.0  # how long a spawn waits for the stage's user classes (`_wait_for_stage_classes`)
+
+
+def _wait_for_stage_classes() -> None:
+    """A worker's spawns wait (bounded) until every user class they name exists here.
+
+    A worker joining a cohort stage is told to spawn `<User>Cohort` users while it connects -- before `init`,
+    before the stage's settings (`rollout_stage`, the answer to `rollout_ready`) have defined that class here --
+    and Locust's `start_worker` died on the unknown name (KeyError: the worker exited 2, its load lost). The
+    spawn runs in its own greenlet, so waiting there lets `init` and the stage's answer arrive; a spawn whose
+    classes all exist (every other case) does not wait at all."""
+    import time
+
+    import gevent
+    from locust.runners import WorkerRunner
+
+    plain = WorkerRunner.start_worker
+    if getattr(plain, "_rollout_waits_for_classes", False):
+        return
+
+    def start_worker(self: Any, user_classes_count: dict[str, int], **kwargs: Any) -> None:
+        deadline = time.monotonic() + CLASSES_WAIT
+        while any(name not in self.user_classes_by_name for name in user_classes_count) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        return plain(self, user_classes_count, **kwargs)
+
+    start_worker._rollout_waits_for_classes = True  # type: ignore[attr-defined]
+    WorkerRunner.start_worker = start_worker  # type: ignore[method-assign]
+
+
 if os.environ.get(SPEC_ENV):
     _EARLY = []
     events.request.add_listener(_buffer)
+    _wait_for_stage_classes()
 
 
 @events.init.add_listener
