@@ -15,6 +15,7 @@ RUNS = [
     ["bench_revert_live.py", "--rounds", "10"],
     ["bench_canary_death.py", "--rounds", "10", "--baseline-rounds", "4"],
     ["bench_k8s.py", "--rounds", "20"],
+    ["bench_cluster_load.py", "--rounds", "2", "--seconds", "10"],
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],
     ["bench_workers.py", "--rounds", "3", "--seconds", "10"],

@@ -25,8 +25,9 @@ with the anytime-valid tests: see `rollout.gates.baseline` (and its caveat:
 the baseline is a fixed sample, not concurrent traffic).
 
 `load.runner: kubernetes` runs the load in the cluster
-(`rollout.load.cluster`): all traffic is judged, and the target is not
-probed from here (it may answer only inside the cluster).
+(`rollout.load.cluster`: rollout's master and worker pods, the same
+per-version histograms), and the target is not probed from here (it may
+answer only inside the cluster).
 
 This module imports locust (through rollout.load.runner) when it runs load;
 the CLI imports it first, before anything that imports ssl.
@@ -205,9 +206,11 @@ def resolve(
         max_requests = plan.load.max_requests
         plan_workers = plan.load.workers
         if getattr(plan.load, "runner", "local") == "kubernetes":
-            cluster = plan.load.cluster or type(plan.load).Cluster()  # defaults when omitted
-            if plan.target.backend == "kubernetes":  # the target's cluster and namespace unless load.cluster says otherwise
-                cluster = cluster.model_copy(update={k: getattr(cluster, k) or getattr(plan.target, k) for k in ("kubeconfig", "context", "namespace")})
+            from rollout.load.cluster import settings_for
+
+            cluster = settings_for(plan)  # defaults; a kubernetes target's cluster and namespace unless load.cluster says otherwise
+            if workers:
+                cluster = cluster.model_copy(update={"workers": workers})  # --workers: the worker pods
     else:
         missing = [flag for flag, v in (("--host", host), ("--locustfile", locustfile), ("--duration", duration)) if not v]
         if missing:

@@ -508,6 +508,7 @@ class Engine:
             exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)
             if (self.exclude_tags is not None or load.exclude_tags is not None) else None,
             options=tuple(load.options.items()),
+            workers=stage.workers,
         )
 
     # -- ending ----------------------------------------------------------------

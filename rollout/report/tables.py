@@ -137,6 +137,10 @@ def notes(state: State, alive: bool | None = None) -> list[str]:
             f"stage {rec.index + 1} `{rec.name}` was running in pid {rec.pid}, which is gone (killed?); "
             f"traffic is at {state.split.describe()}: `rollout advance` re-runs the stage, `rollout revert` puts all traffic on stable"
         )
+    if state.load_runs and alive is not True:  # in-cluster load pods a killed driver could not delete
+        labels = ", ".join(f"rollout.dev/load-run={r.get('run')} (namespace {r.get('namespace')})" for r in state.load_runs)
+        out.append(f"in-cluster load may still run: {labels}; the next command on this rollout (`rollout revert`, `run`, "
+                   f"`down`, ...) deletes it, or: kubectl delete deploy,svc,cm -l rollout.dev/load-run=<id>")
     return out
 
 
