@@ -19,6 +19,7 @@ RUNS = [
     ["bench_cluster_load.py", "--rounds", "2", "--seconds", "10"],
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],
+    ["bench_workers.py", "--rounds", "3", "--seconds", "10"],
     ["bench_false_rollback.py"],
     ["bench_absolute.py"],
     ["bench_watch.py"],

@@ -13,7 +13,10 @@ request is counted for the version whose header answered it.
 
 Lag: a worker's numbers reach the gates up to ~1 s later than in-process; at
 the end the master stops the workers and waits for their last deltas before
-it returns.
+it returns. Totals are exact (tests/test_load_worker.py, also with a worker
+joining mid-stage: `worker_plugin.adopt_running_users`) but for requests on
+the wire when Locust kills a user mid-task, whose users are counted
+(`StageStats.cut_mid_task`).
 
 Workers beyond this machine (#13): `rollout load-worker --master HOST:PORT`
 runs exactly the command `Workers` starts here (`worker_command`, the same
@@ -101,6 +104,7 @@ def merge_delta(stats: StageStats, data: dict[str, Any]) -> None:
         vs.merge(VersionStats(int(d["requests"]), int(d["failures"]), Histogram.from_dict(d["latency"])))
     for key, n in (data.get("routing") or {}).items():
         stats.cohort_routing[key] = stats.cohort_routing.get(key, 0) + int(n)
+    stats.cut_mid_task += int(data.get("cut_mid_task") or 0)
     if data.get("endpoints") and stats.endpoints is not None:  # locust-native (#9)
         from rollout.load.endpoints import EndpointStats
 

@@ -81,6 +81,10 @@ class StageStats:
     endpoints: Any = None  # EndpointStats | None
     users_timeline: list[list[float]] = field(default_factory=list)  # [t, running users] a tick (shapes, ramps)
     # --- end locust-native ---
+    # Users killed in the middle of a task (the stage's stop, a shape or a rebalance; Locust's stop_timeout 0): each
+    # may have had one request on the wire that the service counted and nobody recorded (no answer, so no version).
+    # An upper bound on how far the totals may fall short of the service's own count (`runner.count_cut_users`).
+    cut_mid_task: int = 0
 
     def metric(self, name: str, role: str) -> Histogram:
         by_role = self.metrics.setdefault(name, {})
@@ -139,4 +143,6 @@ class StageStats:
         if self.users_timeline:
             out["users_timeline"] = [list(x) for x in self.users_timeline[-3600:]]
         # --- end locust-native ---
+        if self.cut_mid_task:
+            out["cut_mid_task"] = self.cut_mid_task
         return out

@@ -43,6 +43,7 @@ def stats_to_json(stats: StageStats, since: int = 0) -> dict[str, Any]:
         "routing": dict(stats.cohort_routing), "elapsed": stats.elapsed, "users": stats.users, "cpu_max": stats.cpu_max,
         "last_failure": dict(stats.last_failure), "timeline_from": since, "timeline": stats.timeline[since:],
         "users_timeline": stats.users_timeline[since:],
+        "cut_mid_task": stats.cut_mid_task,  # users killed mid-task: the bound on requests served but not recorded
     }
     if stats.endpoints is not None:
         out["endpoints"] = stats.endpoints.to_dict()
@@ -63,6 +64,7 @@ def stats_from_json(doc: dict[str, Any], into: StageStats | None = None) -> Stag
     st.users = int(doc.get("users") or 0)
     st.cpu_max = float(doc.get("cpu_max") or 0.0)
     st.last_failure = dict(doc.get("last_failure") or {})
+    st.cut_mid_task = int(doc.get("cut_mid_task") or 0)
     k = int(doc.get("timeline_from") or 0)
     st.timeline[k:] = list(doc.get("timeline") or [])
     st.users_timeline[k:] = [list(x) for x in doc.get("users_timeline") or []]

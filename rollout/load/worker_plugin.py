@@ -61,6 +61,9 @@ class Shipper:
         self._empty = VersionStats
         self.sent: dict[str, Any] = {}
         self.sent_routing: dict[str, int] = {}
+        from rollout.load.runner import count_cut_users
+
+        self.cut_sent = count_cut_users()  # users killed mid-task (stop, rebalance): sent as deltas too
         # A worker that joins a running stage may get its users before the stage's settings: Locust's master
         # sends `spawn` on `client_ready`, before this worker's `init` has registered the stage handler (so an
         # earlier `rollout_stage` is dropped). Its requests wait here, unattributed, until the settings come.
@@ -92,6 +95,11 @@ class Shipper:
             if d:
                 out["routing"][key] = d
                 self.sent_routing[key] = n
+        from rollout.load.runner import count_cut_users
+
+        cut = count_cut_users()
+        if cut != self.cut_sent:
+            out["cut_mid_task"], self.cut_sent = cut - self.cut_sent, cut
         ep = self.recorder.endpoints
         if ep is not None and (ep.endpoints or ep.listener_errors):  # locust-native (#9): send and start afresh
             self.recorder.endpoints = self.recorder.stats.endpoints = type(ep)()
@@ -117,7 +125,7 @@ class Shipper:
     def flush(self, **_: Any) -> None:
         data = self.delta()
         runner = self.env.runner
-        if (data["roles"] or data["routing"] or data.get("endpoints")) and runner is not None:
+        if (data["roles"] or data["routing"] or data.get("endpoints") or data.get("cut_mid_task")) and runner is not None:
             try:
                 runner.send_message(MESSAGE, data)
             except Exception:  # the master is gone: nothing left to report to
@@ -129,6 +137,32 @@ class Shipper:
         while True:
             gevent.sleep(EVERY)
             self.flush()
+
+
+def adopt_running_users(runner: Any, classes: list[Any]) -> int:
+    """Give users already running the new class of their name; returns how many changed class.
+
+    Locust stops a worker's users (at the stage's end, or when a rebalance takes some away) by class *identity*
+    (`type(user) is runner.user_classes_by_name[name]`), while it counts them by class *name*. A worker that joins
+    a running stage is given users before its `init` (Locust's `spawn` answers its `client_ready`), of the
+    locustfile's own class; `init` and the stage's settings then replace the classes with same-named subclasses.
+    Those first users were counted but could no longer be stopped: they ran on past the stage's `stop`, their
+    requests reached the service after the worker's final delta and `client_stopped`, and the master's totals
+    came out short of what the service served (measured 1-4 % with one of three workers joining mid-stage).
+    The new class is a sibling subclass of the same locustfile class (same layout), so the assignment is safe;
+    the user's client keeps the host it was built with, which is the stage's host either way."""
+    by_name = {c.__name__: c for c in classes}
+    changed = 0
+    for g in list(getattr(runner, "user_greenlets", None) or ()):
+        user = g.args[0] if g.args else None
+        new = by_name.get(type(user).__name__) if user is not None else None
+        if new is not None and type(user) is not new:
+            try:
+                user.__class__ = new
+                changed += 1
+            except TypeError:  # an incompatible layout (never for our subclasses): leave it as it is
+                pass
+    return changed
 
 
 # Requests made before `init`: a worker that joins a running stage gets Locust's `spawn` while it connects,
@@ -149,9 +183,40 @@ def _take_early() -> list[dict[str, Any]]:
     return early
 
 
+CLASSES_WAIT = 15.0  # how long a spawn waits for the stage's user classes (`_wait_for_stage_classes`)
+
+
+def _wait_for_stage_classes() -> None:
+    """A worker's spawns wait (bounded) until every user class they name exists here.
+
+    A worker joining a cohort stage is told to spawn `<User>Cohort` users while it connects -- before `init`,
+    before the stage's settings (`rollout_stage`, the answer to `rollout_ready`) have defined that class here --
+    and Locust's `start_worker` died on the unknown name (KeyError: the worker exited 2, its load lost). The
+    spawn runs in its own greenlet, so waiting there lets `init` and the stage's answer arrive; a spawn whose
+    classes all exist (every other case) does not wait at all."""
+    import time
+
+    import gevent
+    from locust.runners import WorkerRunner
+
+    plain = WorkerRunner.start_worker
+    if getattr(plain, "_rollout_waits_for_classes", False):
+        return
+
+    def start_worker(self: Any, user_classes_count: dict[str, int], **kwargs: Any) -> None:
+        deadline = time.monotonic() + CLASSES_WAIT
+        while any(name not in self.user_classes_by_name for name in user_classes_count) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        return plain(self, user_classes_count, **kwargs)
+
+    start_worker._rollout_waits_for_classes = True  # type: ignore[attr-defined]
+    WorkerRunner.start_worker = start_worker  # type: ignore[method-assign]
+
+
 if os.environ.get(SPEC_ENV):
     _EARLY = []
     events.request.add_listener(_buffer)
+    _wait_for_stage_classes()
 
 
 @events.init.add_listener
@@ -177,6 +242,7 @@ def _on_init(environment: Any, **_: Any) -> None:
                         cohort=tuple(cohort) if cohort else None, cohort_share=float(settings.get("cohort_share", 0.2)))
         environment.user_classes = user_classes_for(spec, base)
         environment._tasks_filtered = False  # new subclasses: Locust filters by tag again at the next test_start
+        adopt_running_users(environment.runner, environment.user_classes)
 
     set_classes(settings)
     shipper = Shipper(environment, settings)

@@ -546,4 +546,80 @@ def _counters(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"requests": dict(cfg["requests"]), "cohort_requests": int(cfg["cohort_requests"])}
 
 
+def _pairs(values: list[str] | None, flag: str) -> dict[str, int]:
+    """`NAME=PORT` flags -> {name: port} (an image reference may hold ':' and '@', so split at the last '=')."""
+    out: dict[str, int] = {}
+    for v in values or ():
+        name, sep, port = v.rpartition("=")
+        if not sep or not name or not port.isdigit() or not 0 < int(port) < 65536:
+            raise GatewayError(f"{flag} {v!r}: expected NAME=PORT with a port from 1 to 65535")
+        out[name] = int(port)
+    return out
+
+
+def _pair(value: str | None, flag: str) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    parts = [x.strip() for x in value.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise GatewayError(f"{flag} {value!r}: expected STABLE,CANARY")
+    return parts[0], parts[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rollout.testing.gateway`: the gateway from a shell, for the README's walkthrough on the fake
+    API server (a cluster's data plane, without a cluster); runs until SIGINT/SIGTERM."""
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(prog="python -m rollout.testing.gateway",
+                                description="Carry real HTTP traffic to local processes the way the (fake) cluster's objects say.")
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"), help="the API server's kubeconfig (default: $KUBECONFIG)")
+    p.add_argument("-n", "--namespace", required=True)
+    p.add_argument("--router", choices=[GATEWAY_API, REPLICAS], default=GATEWAY_API)
+    p.add_argument("--httproute", help="the HTTPRoute to follow (gateway-api)")
+    p.add_argument("--services", help="STABLE,CANARY Services (gateway-api, with --image)")
+    p.add_argument("--deployments", help="STABLE,CANARY Deployments (replicas, with --image)")
+    p.add_argument("--backend", action="append", metavar="NAME=PORT", help="a Service (gateway-api) or Deployment (replicas) "
+                   "served by the local process on PORT; stable first (repeat once)")
+    p.add_argument("--image", action="append", metavar="IMAGE=PORT", help="the local process on PORT serves whichever "
+                   "Deployment runs IMAGE now, so a promotion moves users (repeat per image)")
+    p.add_argument("--port", type=int, default=0, help="the gateway's port on 127.0.0.1 (0: a free one)")
+    p.add_argument("--version-header", default="X-Version")
+    a = p.parse_args(argv)
+    try:
+        if not a.kubeconfig:
+            raise GatewayError("no kubeconfig: give --kubeconfig or set $KUBECONFIG")
+        gw = ClusterGateway(a.kubeconfig, a.namespace, router=a.router, route_name=a.httproute,
+                            backends=_pairs(a.backend, "--backend") or None, images=_pairs(a.image, "--image") or None,
+                            services=_pair(a.services, "--services"), deployments=_pair(a.deployments, "--deployments"),
+                            version_header=a.version_header, port=a.port)
+    except (GatewayError, OSError, KeyError, StopIteration, yaml.YAMLError) as exc:
+        why = str(exc) or type(exc).__name__
+        print(f"Error: {why} — give the API server's kubeconfig and STABLE,CANARY names", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        gw.start()
+    except (GatewayError, OSError) as exc:
+        print(f"Error: the gateway did not start: {exc} — is the API server up and does the kubeconfig point at it?", file=sys.stderr)
+        return 3
+    print(f"gateway listening on {gw.url} (namespace {a.namespace}, router {a.router})", flush=True)
+    reported = 0
+    try:
+        while not done.wait(0.5):
+            for e in gw.errors[reported:]:
+                print(f"gateway: {e}", file=sys.stderr, flush=True)
+            reported = len(gw.errors)
+    finally:
+        gw.stop()
+    print("gateway stopped", flush=True)
+    return 0
+
+
 __all__ = ["ClusterGateway", "GatewayError"]
+
+if __name__ == "__main__":
+    sys.exit(main())
