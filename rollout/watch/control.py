@@ -96,7 +96,7 @@ def ask(box: Any, record: Any, every: float, verb: str, who: str, reason: str, t
                 return req, ack
             if not watcher_alive(record.load(), every):
                 break  # it ended meanwhile without answering: act on the record below
-            time.sleep(0.05)
+            time.sleep(0.1)
         else:
             ack = rq.answer(box, req.id, rq.EXPIRED, f"not answered within {timeout:g}s", who)
             if ack.outcome == rq.EXPIRED:
