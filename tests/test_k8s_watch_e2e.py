@@ -52,14 +52,21 @@ def manifest_command(plan: Path, metrics_port: int) -> tuple[list[str], dict[str
     assert args[1] in mounted, (args[1], mounted)
     args[1] = str(plan)
     i = args.index("--metrics-port")
-    host = args[i + 1].rsplit(":", 1)[0]
-    assert int(args[i + 1].rsplit(":", 1)[1]) == next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
-    args[i + 1] = f"{host}:{metrics_port}"
+    host, port = args[i + 1].rsplit(":", 1)
+    assert host == "0.0.0.0" and int(port) == next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    args[i + 1] = f"127.0.0.1:{metrics_port}"  # all interfaces in a pod (Prometheus scrapes it); loopback here
     env: dict[str, str] = {"POD_NAME": "rollout-watch-answer-7c9f-x2x4q"}
     for var in container["env"]:
         if "value" in var:
             env[var["name"]] = var["value"].replace("$(POD_NAME)", env["POD_NAME"])
     return args, env
+
+
+def role_allows() -> set[str]:
+    """'verb resource[.group]' for every verb manifests/rbac.yaml's Role grants (the fake's request-count keys)."""
+    role = next(d for d in yaml.safe_load_all((ROOT / "manifests" / "rbac.yaml").read_text()) if d and d["kind"] == "Role")
+    return {f"{verb} {res}{'.' + group if group else ''}" for rule in role["rules"] for group in rule["apiGroups"]
+            for res in rule["resources"] for verb in rule["verbs"]}
 
 
 @pytest.fixture
@@ -107,6 +114,7 @@ def test_a_watch_in_the_cluster_reverts_a_degrading_version_through_the_kubernet
         assert fake.state()["stable_version"] == "v2"
 
         args, manifest_env = manifest_command(plan, _free_port())
+        fake.call("DELETE", "/_fake/requests")  # from here on: the watch's API calls (and the gateway's list/watch)
         kubeconfig = tmp_path / "watch-kubeconfig"  # in the pod: the ServiceAccount; here: the fake's credentials
         shutil.copy(fake.kubeconfig, kubeconfig)
         watch = subprocess.Popen([sys.executable, "-m", "rollout", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -157,6 +165,9 @@ def test_a_watch_in_the_cluster_reverts_a_degrading_version_through_the_kubernet
     after = [v for t, v in traffic.versions if t > reverted_at + 0.5]
     assert after and set(after) == {"v1"}, set(after)
     assert gw.errors == []
+    # every API call made meanwhile (the watch's, the stop's, this test's reads) is allowed by manifests/rbac.yaml's Role
+    used = {k for k in fake.call("GET", "/_fake/requests")["counts"] if k.split()[0] not in ("list", "watch")}
+    assert used and not used - role_allows(), used - role_allows()
     # the record and the stop, in ConfigMap rollout-answer-watch
     cm = fake.call("GET", f"/api/v1/namespaces/{NS}/configmaps/rollout-answer-watch")
     saved = json.loads(cm["data"]["watch.json"])
