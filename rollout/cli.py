@@ -831,13 +831,20 @@ def _for_watch(plan: str, state_dir: str | None, conn: dict[str, Any], verb: str
 
 def _ask_watch(plan: str, state_dir: str | None, conn: dict[str, Any], verb: str, reason: str, timeout: float) -> int:
     from rollout.backends import factory
+    from rollout.engine import requests as rq
     from rollout.engine.state import actor
     from rollout.watch import control, record
 
     loaded = _load(plan)
     assert loaded.plan.watch is not None
     store = factory.make_store(loaded, state_dir, **conn)
-    req, ack = control.ask(store.mailbox(), record.for_store(store, loaded.plan.name), loaded.plan.watch.every, verb, actor(), reason, timeout)
+    me = actor()
+    req, ack = control.ask(store.mailbox(), record.for_store(store, loaded.plan.name), loaded.plan.watch.every, verb, me, reason, timeout)
+    if ack.outcome == rq.REFUSED and ack.by == me:  # refused here, not by a watch: nothing was asked of anyone
+        from rollout.errors import UsageError
+
+        raise UsageError(f"cannot {verb} the watch of `{loaded.plan.name}`: {ack.message}",
+                         "`rollout status` shows the watch's last record; `rollout watch PLAN` starts one")
     return _print_ack(req, ack)
 
 
