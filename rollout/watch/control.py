@@ -83,8 +83,8 @@ def ask(box: Any, record: Any, every: float, verb: str, who: str, reason: str, t
     pause/resume act on the record itself (outcome SELF→done) and stop is refused. Raises StateError on timeout."""
     from rollout.errors import StateError
 
-    req = rq.Request.new(verb, who, reason, timeout, to=rq.WATCH)
     saved = record.load() or {}
+    req = rq.Request.new(verb, who, reason, timeout, to=rq.WATCH)  # stamped after the record's read: its `at` is the post's
     if watcher_alive(saved, every):
         rq.post(box, req)
         holder = (saved.get("watcher") or {}).get("who", "the watch")
