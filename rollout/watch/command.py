@@ -154,6 +154,7 @@ class WatchLoop:
                 return None
             if ack is not None and ack.outcome == rq.ACCEPTED and accepted_until is None:
                 accepted_until = time.monotonic() + 60.0  # claimed: the driver is reverting (stopping its load first)
+                _say(f"{ack.by} accepted the revert ({time.monotonic() - asked:.2f}s after asking)")
             now = time.monotonic()
             if now >= next_lock_try and (ack is None or ack.outcome != rq.ACCEPTED):
                 next_lock_try = now + 1.0
