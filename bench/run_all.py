@@ -20,6 +20,7 @@ RUNS = [
     ["bench_false_rollback.py"],
     ["bench_absolute.py"],
     ["bench_watch.py"],
+    ["bench_watch_requests.py", "--rounds", "10"],
 ]
 
 if __name__ == "__main__":
