@@ -140,6 +140,14 @@ class WatchLoop:
             _say(f"cannot revert now: {holder} holds the rollout and the mailbox cannot be written ({exc.what}); trying again at the next check")
             return None
         _say(f"{holder} holds the rollout: asked it to revert to revision {revision} (request {req.id})")
+        try:
+            return self._await_driver(req, reason, revision, holder)
+        except RolloutError as exc:  # the mailbox unreadable meanwhile: the request expires by itself
+            _say(f"cannot follow the revert request: {exc.what}; trying again at the next check")
+            return None
+
+    def _await_driver(self, req: rq.Request, reason: str, revision: int, holder: str) -> str | None:
+        step = control.POLL_LOCAL if hasattr(self.box, "version") else control.POLL_API
         asked = time.monotonic()
         deadline = asked + ASK_DRIVER_SECONDS
         accepted_until: float | None = None
@@ -171,7 +179,7 @@ class WatchLoop:
                 rq.answer(self.box, req.id, rq.EXPIRED, f"not answered within {ASK_DRIVER_SECONDS:g}s", self.me)
                 _say(f"{holder} did not revert within {ASK_DRIVER_SECONDS:g}s; asking again at the next check")
                 return None
-            time.sleep(0.05)
+            time.sleep(step)
 
     def breach(self, name: str, prefix: str = "") -> Event:
         m = self.monitor
