@@ -24,6 +24,7 @@ RUNS = [
     ["bench_absolute.py"],
     ["bench_watch.py"],
     ["bench_partial_hang.py", "--stages", "100", "--minutes", "5", "--users", "30", "10"],
+    ["bench_watch_requests.py", "--rounds", "10"],
 ]
 
 if __name__ == "__main__":

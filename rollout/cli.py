@@ -743,6 +743,8 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
             from rollout.plan.names import printable
 
             print(f"\nWatch:    {printable(watched['summary'])}" + "".join(f"\n  FIRING  {printable(f)}" for f in watched["firing"]))
+            print(f"          {printable(watched['control'] or '')}{'; ' if watched['control'] else ''}"
+                  f"{'running' if watched['live'] else 'no watch running'}")
             _print_evidence(watched["evidence"])
     return EXIT_OK
 
@@ -793,8 +795,12 @@ def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
     if m.version is None:
         return None
     firing = [m.describe(n) for n in m.firing]
+    from rollout.watch import control
+
     return {"summary": m.summary(), "firing": firing, "checks": m.checks, "record": saved,
-            "evidence": saved.get("evidence") or {}}
+            "evidence": saved.get("evidence") or {},
+            "live": control.watcher_alive(saved, loaded.plan.watch.every), "control": control.describe(saved),
+            "paused": saved.get("paused"), "stopped": saved.get("stopped")}
 
 
 @app.command(name="list")
@@ -897,6 +903,57 @@ def _as_ok(outcome: Any) -> Any:
     return replace(outcome, exit_code=EXIT_OK)
 
 
+WatchVerbOpt = Annotated[bool, typer.Option("--watch", help="address the plan's running `rollout watch` (its reverts), "
+                                             "not the rollout; without it a watch gets the request only when no rollout is in progress")]
+
+
+def _for_watch(plan: str, state_dir: str | None, conn: dict[str, Any], verb: str, explicit: bool) -> bool:
+    """Whether `rollout pause/resume` goes to the watch (rollout.watch.control): with --watch; otherwise only when no
+    command holds the rollout's lock (a driver gets it), no rollout is in progress (or paused, for resume), and a watch
+    of the plan is live (for resume: or its record says paused)."""
+    from rollout.errors import UsageError
+
+    loaded = _load(plan)
+    if loaded.plan.watch is None:
+        if explicit:
+            raise UsageError(f"the plan `{loaded.plan.name}` has no `watch:` section, so there is no watch to {verb}",
+                             f"leave out --watch to {verb} the rollout")
+        return False
+    if explicit:
+        return True
+    from rollout.backends import factory
+    from rollout.backends.liveness import lock_holder
+    from rollout.watch import control, record
+
+    store = factory.make_store(loaded, state_dir, **conn)
+    if lock_holder(store) is not None:
+        return False
+    state = store.load()
+    if state is not None and (state.phase.active or state.transition is not None):
+        return False
+    saved = record.for_store(store, loaded.plan.name).load()
+    return control.watcher_alive(saved, loaded.plan.watch.every) or (verb == "resume" and bool((saved or {}).get("paused")))
+
+
+def _ask_watch(plan: str, state_dir: str | None, conn: dict[str, Any], verb: str, reason: str, timeout: float) -> int:
+    from rollout.backends import factory
+    from rollout.engine import requests as rq
+    from rollout.engine.state import actor
+    from rollout.watch import control, record
+
+    loaded = _load(plan)
+    assert loaded.plan.watch is not None
+    store = factory.make_store(loaded, state_dir, **conn)
+    me = actor()
+    req, ack = control.ask(store.mailbox(), record.for_store(store, loaded.plan.name), loaded.plan.watch.every, verb, me, reason, timeout)
+    if ack.outcome == rq.REFUSED and ack.by == me:  # refused here, not by a watch: nothing was asked of anyone
+        from rollout.errors import UsageError
+
+        raise UsageError(f"cannot {verb} the watch of `{loaded.plan.name}`: {ack.message}",
+                         "`rollout status` shows the watch's last record; `rollout watch PLAN` starts one")
+    return _print_ack(req, ack)
+
+
 @app.command()
 def approve(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
@@ -941,8 +998,12 @@ def revert(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None,
 def pause(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
           context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False,
-          timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
-    """Pause the rollout where it stands: the running stage stops its load, the split stays (`rollout resume` re-runs the stage)."""
+          timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT, to_watch: WatchVerbOpt = False) -> int:
+    """Pause the rollout where it stands: the running stage stops its load, the split stays (`rollout resume` re-runs the stage).
+    With no rollout in progress and a `rollout watch` running (or with --watch): pause the watch's reverts (it keeps judging and alerting)."""
+    conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
+    if _for_watch(plan, state_dir, conn, "pause", to_watch):
+        return _ask_watch(plan, state_dir, conn, "pause", reason, timeout)
     return _simple(plan, state_dir, "pause", lambda e: _as_ok(e.pause(reason)), _conn(kubeconfig, context, namespace, step_timeout, request_timeout), force, reason, timeout)
 
 
@@ -961,8 +1022,12 @@ def promote(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None
 def resume(plan: PlanArg, reason: ReasonOpt = "", state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None,
            context: ContextOpt = None, namespace: NamespaceOpt = None, step_timeout: StepTimeoutOpt = None,
         request_timeout: RequestTimeoutOpt = None, force: ForceOpt = False, workers: WorkersOpt = None,
-           timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
-    """Resume a rollout paused by `rollout pause`: re-run the paused stage from its start and carry on, like `rollout run`."""
+           timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT, to_watch: WatchVerbOpt = False) -> int:
+    """Resume a rollout paused by `rollout pause`: re-run the paused stage from its start and carry on, like `rollout run`.
+    With no rollout paused and a paused `rollout watch` (or with --watch): let the watch revert again."""
+    conn = _conn(kubeconfig, context, namespace, step_timeout, request_timeout)
+    if _for_watch(plan, state_dir, conn, "resume", to_watch):
+        return _ask_watch(plan, state_dir, conn, "resume", reason, timeout)
 
     def prepare(engine: Any) -> dict[str, Any]:
         engine.check_resumable()
@@ -1027,9 +1092,24 @@ def _down_without_state(plan: str, state_dir: str | None) -> bool:
 @app.command()
 def watch(plan: PlanArg, state_dir: StateDirOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None,
           namespace: NamespaceOpt = None, metrics_port: MetricsOpt = None,
-          for_: Annotated[Optional[str], typer.Option("--for", help="stop after this long (30s, 8h); default: until Ctrl-C/SIGTERM", metavar="DURATION")] = None) -> int:
+          for_: Annotated[Optional[str], typer.Option("--for", help="stop after this long (30s, 8h); default: until Ctrl-C/SIGTERM", metavar="DURATION")] = None,
+          stop: Annotated[bool, typer.Option("--stop", help="stop the plan's running watch (it saves its record and exits 0, recording who, when "
+                                             "and why); `rollout pause/resume --watch` hold and release its reverts")] = False,
+          reason: ReasonOpt = "", timeout: TimeoutOpt = DEFAULT_REQUEST_TIMEOUT) -> int:
     """Judge the live version continuously (the plan's `watch:`): alert on a breach, revert with `on_breach: revert`.
-    Exit 0 when nothing fired, 1 when it reverted or a breach is still firing."""
+    Exit 0 when nothing fired (or an operator stopped it), 1 when it reverted or a breach is still firing."""
+    if stop:
+        from rollout.errors import UsageError
+
+        if for_ is not None or metrics_port is not None:
+            raise UsageError("--stop asks the running watch to end; it takes no --for or --metrics-port", "leave them out")
+        if _load(plan).plan.watch is None:
+            raise UsageError(f"the plan {plan} has no `watch:` section, so no watch runs", "check the plan file")
+        return _ask_watch(plan, state_dir, _conn(kubeconfig, context, namespace), "stop", reason, timeout)
+    if reason:
+        from rollout.errors import UsageError
+
+        raise UsageError("--reason goes with --stop", "add --stop, or leave --reason out")
     from rollout.backends import factory
     from rollout.engine.state import actor
     from rollout.errors import UsageError

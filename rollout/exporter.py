@@ -53,6 +53,7 @@ class Exporter:
         self.watch_threshold = Gauge("rollout_watch_threshold", "The CUSUM threshold of a watch gate.", L + ["gate"], registry=r)
         self.watch_firing = Gauge("rollout_watch_firing", "1 while a watch gate's breach is firing.", L + ["gate"], registry=r)
         self.watch_blind = Gauge("rollout_watch_blind", "1 while the watch has no data.", L, registry=r)
+        self.watch_paused = Gauge("rollout_watch_paused", "1 while an operator has paused the watch's reverts (`rollout pause --watch`).", L, registry=r)
         self.watch_reverts = Counter("rollout_watch_reverts", "Reverts done by the watch.", L, registry=r)
         host, port = parse_address(address)
         started = start_http_server(port, addr=host, registry=r)

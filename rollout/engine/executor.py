@@ -883,8 +883,8 @@ class Engine:
         outcome: Outcome | None = None
         try:
             with self._as(req.who):
-                if req.verb == "revert":
-                    done = self.revert(req.reason)
+                if req.verb == "revert":  # `to_revision`: asked by a watch whose live version breached (rollout.watch.command)
+                    done = self.revert(req.reason, to_revision=req.args.get("to_revision"))
                     outcome = Outcome("reverted", done.message, EXIT_GATE_FAILED)
                 elif req.verb == "abort":
                     done = self.abort(req.reason)

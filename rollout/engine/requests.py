@@ -24,7 +24,9 @@ from typing import Any, Protocol
 
 from rollout.engine.state import Phase, State
 
-VERBS = ("revert", "abort", "pause", "resume", "promote", "approve", "reject", "retry")
+VERBS = ("revert", "abort", "pause", "resume", "promote", "approve", "reject", "retry", "stop")
+DRIVER = "driver"  # who a request is for: the command driving the rollout (run, advance, resume, retry)...
+WATCH = "watch"  # ...or the `rollout watch` of the plan (pause, resume, stop); each answers only its own
 MAX_KEPT = 50  # requests and acks kept in the mailbox (oldest dropped)
 
 # outcomes of an acknowledgement
@@ -43,16 +45,25 @@ class Request:
     reason: str
     at: float
     expires_at: float
-    args: dict[str, Any] = field(default_factory=dict)  # promote: {"full": bool}; retry: {"from_start": bool}
+    args: dict[str, Any] = field(default_factory=dict)  # promote: {"full": bool}; retry: {"from_start": bool}; revert: {"to_revision": int}
+    to: str = DRIVER  # DRIVER or WATCH (a mailbox written before there was a watch has only the driver's)
 
     @staticmethod
-    def new(verb: str, who: str, reason: str, timeout: float, args: dict[str, Any] | None = None, now: float | None = None) -> Request:
+    def new(verb: str, who: str, reason: str, timeout: float, args: dict[str, Any] | None = None, now: float | None = None,
+            to: str = DRIVER) -> Request:
         at = time.time() if now is None else now
-        return Request(id=secrets.token_hex(6), verb=verb, who=who, reason=reason, at=at, expires_at=at + timeout, args=dict(args or {}))
+        return Request(id=secrets.token_hex(6), verb=verb, who=who, reason=reason, at=at, expires_at=at + timeout, args=dict(args or {}),
+                       to=to)
 
     def describe(self) -> str:
         flags = " --full" if self.args.get("full") else (" --from-start" if self.args.get("from_start") else "")
-        return f"`rollout {self.verb}{flags}` by {self.who}" + (f" ({self.reason})" if self.reason else "")
+        if self.args.get("to_revision"):
+            flags = f" --to-revision {self.args['to_revision']}"
+        if self.to == WATCH:
+            cmd = "rollout watch --stop" if self.verb == "stop" else f"rollout {self.verb} --watch"
+        else:
+            cmd = f"rollout {self.verb}{flags}"
+        return f"`{cmd}` by {self.who}" + (f" ({self.reason})" if self.reason else "")
 
 
 @dataclass(frozen=True)
@@ -72,10 +83,10 @@ class MailboxData:
     def ack_of(self, request_id: str) -> Ack | None:
         return next((a for a in self.acks if a.id == request_id), None)
 
-    def pending(self, now: float) -> list[Request]:
-        """Requests nobody answered yet and whose requester still waits, oldest first."""
+    def pending(self, now: float, to: str = DRIVER) -> list[Request]:
+        """Requests for `to` nobody answered yet and whose requester still waits, oldest first."""
         answered = {a.id for a in self.acks}
-        return [r for r in self.requests if r.id not in answered and r.expires_at > now]
+        return [r for r in self.requests if r.id not in answered and r.expires_at > now and r.to == to]
 
     def post(self, req: Request) -> None:
         self.requests.append(req)
