@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_local_e2e import Rollout, make_plan, service, versions_through_router
+from tests.test_router import raw
 
 PLAN_NAME = "e2e"  # make_plan's
 
@@ -298,15 +298,10 @@ def test_state_files_are_owner_only(env: Env) -> None:
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """test_router's `raw` (send, read until the server closes), and how long the answer took."""
     t0 = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out, time.monotonic() - t0
-            out += chunk
+    out = raw(port, data, timeout)
+    return out, time.monotonic() - t0
 
 
 def test_admin_api_needs_the_token_and_refuses_browsers(env: Env) -> None:

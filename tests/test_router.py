@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -137,6 +138,28 @@ def wait_http(url: str, proc: subprocess.Popen) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {START_TIMEOUT}s")
+
+
+FAULTY = Path(__file__).resolve().parent / "faulty_service.py"
+
+
+def faulty_canaries(modes: tuple[str, ...], version: str | None = None) -> Iterator[dict[str, int]]:
+    """Start tests/faulty_service.py once per fault mode (reporting `version`, or the mode itself as its
+    version), wait until each answers /healthz, yield {mode: port}; stop them all whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    ports: dict[str, int] = {}
+    try:
+        for mode in modes:
+            port = free_port()
+            started.append(subprocess.Popen([sys.executable, str(FAULTY), "--port", str(port), "--version", version or mode,
+                                             "--fault", mode, "--latency", "0"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            ports[mode] = port
+        for proc, port in zip(started, ports.values()):
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        yield ports
+    finally:
+        for proc in started:
+            stop(proc)
 
 
 def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
