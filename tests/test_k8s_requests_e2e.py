@@ -75,11 +75,12 @@ class Watcher:
         with httpx.Client(base_url=url, timeout=5, trust_env=False) as c:
             deadline = time.monotonic() + 300
             while not self._stop.is_set() and time.monotonic() < deadline:
+                sent = time.time()  # when the request left: an answer that is slow to come back was routed before
                 try:
                     v = c.get("/api/answer", params={"q": "x"}).headers.get("x-version", "?")
                 except httpx.HTTPError:
                     v = "error"
-                self.seen.append((time.time(), v))
+                self.seen.append((sent, v))
                 time.sleep(0.01)
 
     def stop(self) -> None:
@@ -123,8 +124,9 @@ def test_revert_while_a_driver_runs_on_kubernetes(tmp_path: Path, fake: Fake, se
     # machine (bench/bench_revert_live.py measures command start -> stable); so the bounds here are wide
     posted = next(q["at"] for q in json.loads(fake.call("GET", "/api/v1/namespaces/shop/configmaps/rollout-answer-requests")
                                               ["data"]["requests.json"])["requests"] if q["verb"] == "revert")
-    late = [at - posted for at, v in w.seen if at > posted + 5.0 and v == "v2"]
-    assert not late, f"{len(late)} requests reached the canary more than 5 s after the revert request was made"
+    # 10 s: far below the stage's 120 s (a request honoured only at the stage's end fails), wide enough for a starved machine
+    late = [at - posted for at, v in w.seen if at > posted + 10.0 and v == "v2"]
+    assert not late, f"{len(late)} requests sent to the canary more than 10 s after the revert request was made"
     assert not [at for at, v in w.seen if at > t0 + 20.0 and v == "v2"]
     state = fake.state()
     assert state["phase"] == "rolled-back" and state["split"]["weight"] == 0 and state["driver"] is None

@@ -116,7 +116,11 @@ def versions_through_router(entry_port: int, n: int = 100, headers: dict[str, st
 
 
 def test_good_canary_is_promoted(rollout_env: Any) -> None:
-    ro = rollout_env([{"name": "quarter", "weight": 25, "duration": "4s"}, {"name": "half", "weight": "50%", "duration": "4s"}])
+    # sequential limits (the default) pass as soon as the evidence suffices, after 4 s; the 60 s cap is only
+    # reached on a starved machine, where a fixed 4 s stage could end with too few requests to judge
+    sequential = {"errors": {"metric": "error_rate", "max": "5%"}}
+    ro = rollout_env([{"name": "quarter", "weight": 25, "duration": "60s", "min_duration": "4s"},
+                      {"name": "half", "weight": "50%", "duration": "60s", "min_duration": "4s"}], gates=sequential)
     r = ro("run", "--version", "v2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "promoted" in r.stdout
