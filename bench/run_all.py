@@ -13,13 +13,16 @@ RUNS = [
     ["bench_locust_native.py", "--rounds", "3", "--seconds", "12"],
     ["bench_rollback.py", "--rounds", "5"],
     ["bench_revert_live.py", "--rounds", "10"],
+    ["bench_request_pickup.py", "--trials", "20"],
     ["bench_canary_death.py", "--rounds", "10", "--baseline-rounds", "4"],
     ["bench_k8s.py", "--rounds", "20"],
+    ["bench_cluster_load.py", "--rounds", "2", "--seconds", "10"],
     ["bench_gate_cost.py", "--rounds", "3", "--seconds", "10"],
     ["bench_gate.py"],
     ["bench_false_rollback.py"],
     ["bench_absolute.py"],
     ["bench_watch.py"],
+    ["bench_partial_hang.py", "--stages", "100", "--minutes", "5", "--users", "30", "10"],
 ]
 
 if __name__ == "__main__":

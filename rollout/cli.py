@@ -175,6 +175,42 @@ def _engine(plan: str, state_dir: str | None, with_load: bool, quiet: bool = Fal
     return loaded, store, make_engine
 
 
+def _reap_load_runs(engine: Any) -> None:
+    """Delete the in-cluster load objects of every run recorded in the state (by their label), then forget them.
+
+    Called by every command that acts on the rollout under its lock (run, advance, revert, down, abort, ...):
+    a driver that held the lock is gone, so whatever load it recorded is an orphan. The verbs that move traffic
+    act first (a revert is not held up by a slow cluster of load pods); run/advance clean up before their load."""
+    if not engine.state.load_runs:
+        return
+    from rollout.load.cluster import reap
+
+    gone = set(reap(list(engine.state.load_runs)))
+    if gone:
+        engine.state.load_runs = [r for r in engine.state.load_runs if str(r.get("run")) not in gone]
+        engine.save()
+
+
+def _cluster_load(engine: Any, loaded: Any, workers: int | None) -> Any:
+    """`load.runner: kubernetes` for run/advance: the runner records each load run in the state before it creates
+    anything and forgets it once deleted (rollout.load.cluster.ClusterLoad)."""
+    from rollout.load.cluster import ClusterLoad, settings_for
+
+    settings = settings_for(loaded.plan)
+    if workers:
+        settings = settings.model_copy(update={"workers": workers})
+
+    def on_create(record: dict[str, Any]) -> None:
+        engine.state.load_runs.append(record)
+        engine.save()
+
+    def on_delete(run: str) -> None:
+        engine.state.load_runs = [r for r in engine.state.load_runs if r.get("run") != run]
+        engine.save()
+
+    return ClusterLoad(settings, on_create=on_create, on_delete=on_delete)
+
+
 def _finish(outcome: Any) -> int:
     stream = sys.stdout
     mark = {"promoted": "✔", "rolled-back": "✘", "paused": "⏸", "awaiting-review": "⏸", "stage-passed": "✔"}.get(outcome.kind, "•")
@@ -357,18 +393,17 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
     loaded, store, make_engine = _engine(plan, state_dir, with_load=True, quiet=quiet, conn=conn,
                                          request=request if prepare is None else None)
     _warn(loaded)
-    if loaded.plan.load.runner == "kubernetes":
+    in_cluster = loaded.plan.load.runner == "kubernetes"
+    if in_cluster and external is not None:
         from rollout.errors import UsageError
 
-        raise UsageError(
-            "load.runner: kubernetes runs Locust's own master in the cluster, which cannot tell which version "
-            "served a request, so it cannot judge a canary against stable",
-            f"use it with `rollout gate`; for `rollout {verb}` remove load.runner (or use load.workers for more load)",
-        )
+        raise UsageError("--expect-workers with load.runner: kubernetes: the master runs in the cluster there",
+                         "leave out --expect-workers (worker pods: stages[].workers, load.cluster.workers), or remove load.runner")
     _check_locustfile(loaded, tags, exclude_tags)  # bad locustfile, shape, tag or option: exit 2 before any traffic moves
 
     def body() -> int:
         engine = make_engine()
+        _reap_load_runs(engine)  # in-cluster load a killed driver left behind, before this command's own
         engine.tags, engine.exclude_tags = tags, exclude_tags
         engine.command = verb
         engine.mailbox = store.mailbox()
@@ -377,7 +412,11 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         from rollout.report.outputs import Capture, ReportPaths, rollout_reports
 
         n_workers = external[0] if external is not None else (workers if workers is not None else loaded.plan.load.workers)
-        if n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed), or N that join
+        cluster_load = None
+        if in_cluster:  # rollout's master and worker pods in the namespace (rollout.load.cluster); --workers: the pods
+            cluster_load = engine.load_runner = _cluster_load(engine, loaded, workers)
+            engine.probe = None  # the target may answer only inside the cluster: the load pods are what reach it
+        elif n_workers > 0:  # Locust master here, N local worker processes (rollout.load.distributed), or N that join
             from rollout.load.distributed import load_runner as distributed_runner
 
             engine.load_runner = distributed_runner(n_workers, external[1] if external is not None else None)
@@ -399,6 +438,8 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         finally:
             from rollout.load.session import close_all
 
+            if cluster_load is not None:
+                cluster_load.close()  # every in-cluster load object, whatever happened (a killed driver: the next command)
             close_all(quit_code)  # `quitting` and `quit(exit_code)` once per process, as `locust` fires them
             engine.finish_alerts()
             if exporter is not None:
@@ -571,6 +612,33 @@ def load_worker(
     return EXIT_OK  # not reached
 
 
+@app.command(name="load-master")
+def load_master(
+    locustfile: Annotated[str, typer.Option("--locustfile", "-f", help="the Locust file (the workers run the same one)")] = "locustfile.py",
+    master_bind: Annotated[str, typer.Option("--master-bind", help="where the workers (`rollout load-worker --master`) join",
+                                             metavar="HOST:PORT")] = "0.0.0.0:5557",
+    web_bind: Annotated[str, typer.Option("--web-bind", help="where the CLI reads the per-version statistics (GET /rollout/stats) "
+                                          "and starts/stops stages", metavar="HOST:PORT")] = "0.0.0.0:8089",
+) -> int:
+    """The Locust master of `load.runner: kubernetes` (the master pod runs it): aggregates the workers' exact
+    per-version histograms and serves them over HTTP to `rollout run/advance/gate` outside the cluster
+    (through the API server's service proxy). Runs until SIGTERM."""
+    import os
+    from pathlib import Path
+
+    import rollout.load.runner  # noqa: F401  (first: locust must patch before ssl is imported)
+    from rollout.load.distributed import parse_address
+    from rollout.load.master import serve
+    from rollout.load.session import LocustfileInvalid, load
+
+    mhost, mport = parse_address(master_bind, "--master-bind")
+    whost, wport = parse_address(web_bind, "--web-bind")
+    if not os.path.isfile(locustfile):
+        raise LocustfileInvalid(f"locustfile {locustfile} does not exist", "mount the plan's locustfile and give it with --locustfile")
+    load(Path(locustfile))  # a broken locustfile is exit 2 here, not a master that fails every stage
+    return serve(Path(locustfile).resolve(), (mhost, mport), (whost, wport))
+
+
 @app.command()
 def report(
     report_file: Annotated[str, typer.Argument(help="a JSON report written by --json", metavar="REPORT.json")],
@@ -662,19 +730,39 @@ def status(plan: PlanArg, output: OutputOpt = Output.text, state_dir: StateDirOp
     state = store.load()
     live = backend.inspect(state) if state is not None else None
     alive = driver_alive(state, store) if state is not None else None
+    orphans = _orphans(backend, store, state)
     watched = _watch_record(loaded, store)
     if output is Output.json:
-        doc = status_dict(state, live, store.location(), alive)
+        doc = status_dict(state, live, store.location(), alive, orphans)
         if watched is not None:
             doc["watch"] = watched
         print(json.dumps(doc, indent=2, default=str))
     else:
-        print(status_text(loaded.plan, state, live, store.location(), alive))
+        print(status_text(loaded.plan, state, live, store.location(), alive, orphans))
         if watched is not None:
             from rollout.plan.names import printable
 
             print(f"\nWatch:    {printable(watched['summary'])}" + "".join(f"\n  FIRING  {printable(f)}" for f in watched["firing"]))
     return EXIT_OK
+
+
+def _orphans(backend: Any, store: Any, state: Any) -> list[dict[str, Any]] | None:
+    """The plan's marked processes the state does not record (local backend; None elsewhere). A process a live
+    driver spawned after our read of the state is not an orphan: whatever the scan finds is checked again
+    against the state read afresh, and only what is still unrecorded is reported."""
+    find = getattr(backend, "orphans", None)
+    if find is None:
+        return None
+    found = find(state)
+    if found:
+        from rollout.errors import RolloutError
+
+        try:
+            again = {o["pid"] for o in find(store.load())}
+        except RolloutError:
+            again = {o["pid"] for o in found}
+        found = [o for o in found if o["pid"] in again]
+    return found
 
 
 def _watch_record(loaded: Any, store: Any) -> dict[str, Any] | None:
@@ -776,7 +864,10 @@ def _simple(plan: str, state_dir: str | None, verb: str, call: Any, conn: dict[s
         try:
             return _finish(call(engine))
         finally:
-            engine.finish_alerts()
+            try:
+                _reap_load_runs(engine)  # in-cluster load a killed driver left behind (after the verb's own work)
+            finally:
+                engine.finish_alerts()
 
     if timeout is None:
         with store.lock(verb, force=force):

@@ -25,8 +25,9 @@ with the anytime-valid tests: see `rollout.gates.baseline` (and its caveat:
 the baseline is a fixed sample, not concurrent traffic).
 
 `load.runner: kubernetes` runs the load in the cluster
-(`rollout.load.cluster`): all traffic is judged, and the target is not
-probed from here (it may answer only inside the cluster).
+(`rollout.load.cluster`: rollout's master and worker pods, the same
+per-version histograms), and the target is not probed from here (it may
+answer only inside the cluster).
 
 This module imports locust (through rollout.load.runner) when it runs load;
 the CLI imports it first, before anything that imports ssl.
@@ -205,9 +206,11 @@ def resolve(
         max_requests = plan.load.max_requests
         plan_workers = plan.load.workers
         if getattr(plan.load, "runner", "local") == "kubernetes":
-            cluster = plan.load.cluster or type(plan.load).Cluster()  # defaults when omitted
-            if plan.target.backend == "kubernetes":  # the target's cluster and namespace unless load.cluster says otherwise
-                cluster = cluster.model_copy(update={k: getattr(cluster, k) or getattr(plan.target, k) for k in ("kubeconfig", "context", "namespace")})
+            from rollout.load.cluster import settings_for
+
+            cluster = settings_for(plan)  # defaults; a kubernetes target's cluster and namespace unless load.cluster says otherwise
+            if workers:
+                cluster = cluster.model_copy(update={"workers": workers})  # --workers: the worker pods
     else:
         missing = [flag for flag, v in (("--host", host), ("--locustfile", locustfile), ("--duration", duration)) if not v]
         if missing:
@@ -335,6 +338,7 @@ class GateResult:
 
 def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateResult:
     """Probe, run the load with the gates judged every second, build the report. No traffic moves."""
+    from rollout.gates.health import explain_inconclusive
     from rollout.gates.judge import StageJudge
     from rollout.gates.verdict import Status
     from rollout.load.runner import LoadSpec
@@ -383,6 +387,7 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
         verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
     else:
         verdicts = judge.judge(stats, final=True)
+    verdicts = explain_inconclusive(verdicts, stats)  # an inconclusive run on a thin load says why, first
     bad = [v for v in verdicts if v.status is Status.FAIL]
     unsure = [v for v in verdicts if v.status is Status.INCONCLUSIVE]
     if bad:
@@ -390,7 +395,8 @@ def run_gate(setup: GateSetup, load_runner: Any, quiet: bool = False) -> GateRes
         summary = "; ".join(f"gate `{v.gate}` failed: {v.message}" for v in bad)
     elif unsure:
         code, result = EXIT_GATE_FAILED, "inconclusive"
-        summary = "; ".join(f"gate `{v.gate}` inconclusive: {v.message}" for v in unsure)
+        summary = "; ".join(f"{v.gate}: {v.message}" if v.gate.startswith("health:") else f"gate `{v.gate}` inconclusive: {v.message}"
+                            for v in unsure)
     else:
         code, result = EXIT_OK, "passed"
         summary = f"all {len(verdicts)} gate{'s' if len(verdicts) != 1 else ''} passed ({stats.requests:,} requests in {stats.elapsed:,.1f}s)"

@@ -1,170 +1,38 @@
-"""`load.runner: kubernetes`: Locust master and workers in the namespace, read through the service proxy.
+"""`load.runner: kubernetes`: rollout's Locust master and workers in the namespace, read through the service proxy.
 
-Against the fake API server, with a test-only harness standing in for the kubelet and the proxy (the fake's
-own behaviour is unchanged): `LocustPods` watches the fake's store for the runner's Deployments and runs
-each "pod" as a local `locust` process with the container's own args (paths and ports mapped to this
-machine), the locustfile taken from the ConfigMap the runner created; `ProxyHandler` answers the API
-server's service-proxy path (`/api/v1/namespaces/{ns}/services/{name}:{port}/proxy/...`) by forwarding to
-the local master's web port, and records the request in the fake's request log like any API call. When the
-runner deletes a Deployment, its processes are stopped; the harness kills whatever is left at the end.
+Against the fake API server with its opt-in kubelet (rollout.testing.kubelet): each "pod" of the runner's
+Deployments runs as a local process from the container's own command line (`rollout load-master ...`,
+`rollout load-worker --master <svc>:5557 ...`; image rollout -> `python -m rollout`, the ConfigMap volume ->
+files, ports and Service names -> 127.0.0.1 ports), and the API server's service proxy reaches the master.
+When the runner deletes a Deployment, its processes are stopped.
 """
 
 from __future__ import annotations
 
-import http.client
-import re
+import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
 import pytest
 import yaml
 
 from rollout.testing.apiserver import FakeApiServer
-from rollout.testing.apiserver.faults import RequestInfo
-from rollout.testing.apiserver.handler import Handler
+from rollout.testing.kubelet import Kubelet
 from tests.conftest import ROOT, run_cli, stop_all
-from tests.test_gate import LOCUSTFILE, free_port, start_service
+from tests.test_gate import LOCUSTFILE, start_service
 
 NS = "loadtest"
-PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/:]+):(\d+)/proxy(/.*)?$")
 LABEL = "rollout.dev/load-run"
 
 
-class LocustPods:
-    """The runner's Deployments as local Locust processes (one per replica)."""
-
-    def __init__(self, fake: FakeApiServer, tmp: Path) -> None:
-        self.fake, self.tmp = fake, tmp
-        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {}
-        self.web: dict[str, int] = {}  # master Service name -> local web port
-        self.master_port: dict[str, int] = {}
-        self.started: list[str] = []
-        self.stopped: list[str] = []
-        self.problems: list[str] = []
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=5)
-        for name in list(self.procs):
-            self._stop(name)
-
-    def _loop(self) -> None:
-        while not self.stop_event.wait(0.1):
-            try:
-                self._step()
-            except Exception as exc:  # noqa: BLE001  (keep watching; a failed round is retried 0.1 s later)
-                self.problems.append(repr(exc))
-
-    def _step(self) -> None:
-        deps = {d["metadata"]["name"]: d for d in self.fake.list("deployments", NS) if LABEL in d["metadata"].get("labels", {})}
-        # masters first: workers need the master's local port
-        for name, d in sorted(deps.items(), key=lambda kv: kv[1]["metadata"]["labels"].get("rollout.dev/locust-role") != "master"):
-            if name not in self.procs:
-                self._start(d)
-        for name in list(self.procs):
-            if name not in deps:
-                self._stop(name)
-
-    def _start(self, dep: dict[str, Any]) -> None:
-        name = dep["metadata"]["name"]
-        pod = dep["spec"]["template"]["spec"]
-        cm_name = pod["volumes"][0]["configMap"]["name"]
-        cm = self.fake.get("configmaps", NS, cm_name)
-        if cm is None:
-            return
-        lf = self.tmp / cm_name / "locustfile.py"
-        lf.parent.mkdir(parents=True, exist_ok=True)
-        lf.write_text(cm["data"]["locustfile.py"])
-        args = [a.replace("/mnt/locust/locustfile.py", str(lf)) for a in pod["containers"][0]["args"]]
-        if "--master" in args:
-            web, port = free_port(), free_port()
-            args[args.index("--web-port") + 1] = str(web)
-            args[args.index("--master-bind-port") + 1] = str(port)
-            args += ["--web-host", "127.0.0.1", "--master-bind-host", "127.0.0.1"]
-            self.web[name], self.master_port[name] = web, port  # the Service has the Deployment's name
-        else:
-            master = args[args.index("--master-host") + 1]
-            if master not in self.master_port:
-                return  # next round
-            args[args.index("--master-host") + 1] = "127.0.0.1"
-            args[args.index("--master-port") + 1] = str(self.master_port[master])
-        cmd = [sys.executable, "-m", "locust", *args]
-        self.procs[name] = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-                            for _ in range(int(dep["spec"].get("replicas", 1)))]
-        self.started.append(name)
-
-    def _stop(self, name: str) -> None:
-        procs = self.procs.pop(name, [])
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.web.pop(name, None)
-        self.stopped.append(name)
-
-
-def proxy_handler(pods: LocustPods) -> type[Handler]:
-    class ProxyHandler(Handler):
-        """The fake's handler plus the service proxy, forwarding to the local master (test harness only)."""
-
-        def _dispatch(self) -> None:
-            url = urlsplit(self.path)
-            m = PROXY.match(unquote(url.path))
-            if not m:
-                super()._dispatch()
-                return
-            started = time.monotonic()
-            body = self._read_body()
-            ns, svc, port, rest = m.group(1), m.group(2), m.group(3), m.group(4) or "/"
-            verb = {"GET": "get", "POST": "create"}.get(self.command, self.command.lower())
-            self._pending = (RequestInfo(self.command, url.path, verb, "", "v1", "services", "proxy", ns, f"{svc}:{port}"), started, False)
-            fake = self.server.fake
-            if fake.get("services", ns, svc) is None:
-                self._send_json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound",
-                                      "message": f'services "{svc}" not found'})
-                return
-            web = pods.web.get(svc)
-            conn = http.client.HTTPConnection("127.0.0.1", web or 1, timeout=10)
-            try:
-                if web is None:
-                    raise ConnectionRefusedError("no endpoints")
-                headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")}
-                conn.request(self.command, rest + (f"?{url.query}" if url.query else ""), body=body or None, headers=headers)
-                resp = conn.getresponse()
-                payload = resp.read()
-                self._send(resp.status, payload, resp.getheader("Content-Type") or "application/json")
-            except OSError as exc:  # what the real proxy says while the pod does not listen yet
-                self._send_json(503, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable",
-                                      "message": f'no endpoints available for service "{svc}" ({exc})'})
-            finally:
-                conn.close()
-
-    return ProxyHandler
-
-
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[FakeApiServer, LocustPods]]:
-    with FakeApiServer(controller_delay=0) as fake, LocustPods(fake, tmp_path / "pods") as pods:
-        assert fake._httpd is not None
-        fake._httpd.RequestHandlerClass = proxy_handler(pods)
-        yield fake, pods
+def cluster(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Kubelet]]:
+    with FakeApiServer(controller_delay=0, kubelet=tmp_path / "pods") as fake:
+        yield fake, fake.kubelet
 
 
 @pytest.fixture(scope="module")
@@ -185,11 +53,10 @@ def plan(tmp: Path, fake: FakeApiServer, host: str, *, workers: int = 2, ready: 
     doc = {
         "name": "answer",
         "owner": {"name": "Answers team", "contact": "answers@example.com"},
-        "target": {"backend": "local", "stable": "v1", "versions": {"v1": {"command": "x"}}},
+        "target": {"backend": "local", "stable": "v-healthy", "versions": {"v-healthy": {"command": "x"}, "v-erroring": {"command": "x"}}},
         "load": {"locustfile": str(LOCUSTFILE), "users": 4, "runner": "kubernetes",  # --host gives the target
                  "cluster": {"kubeconfig": kc, "namespace": NS, "workers": workers, "ready_timeout": ready}},
-        # the in-cluster runner's mechanics in 3 s stages: the naive rule (Locust's aggregated latencies are
-        # percentiles, not per-request counts, so a sequential percentile gate has no exact count to test here)
+        # the runner's mechanics in 3 s stages: the naive rule judges after 20 requests
         "gates": {"errors": {"metric": "error_rate", "version": "all", "max": "5%", "min_requests": 20, "method": "threshold"},
                   "p95": {"metric": "p95", "version": "all", "max": "2s", "min_requests": 20, "method": "threshold"}},
         "stages": [{"name": "preflight", "weight": 0, "load_to": "canary", "duration": duration}],
@@ -199,52 +66,94 @@ def plan(tmp: Path, fake: FakeApiServer, host: str, *, workers: int = 2, ready: 
     return [str(path), "--host", host]
 
 
-def created_and_deleted(fake: FakeApiServer) -> None:
+def created_and_deleted(fake: FakeApiServer, runs: int = 1) -> None:
     for verb in ("create", "delete"):
-        assert fake.count(verb, "configmaps", namespace=NS) == 1
-        assert fake.count(verb, "services", namespace=NS) == 1
-        assert fake.count(verb, "deployments", namespace=NS) == 2
-    left = [o["metadata"]["name"] for kind in ("deployments", "services", "configmaps") for o in fake.list(kind, NS)
+        assert fake.count(verb, "configmaps", namespace=NS) == runs
+        assert fake.count(verb, "services", namespace=NS) == runs
+        assert fake.count(verb, "deployments", namespace=NS) == 2 * runs
+    assert leftovers(fake) == []
+
+
+def leftovers(fake: FakeApiServer) -> list[str]:
+    return [o["metadata"]["name"] for kind in ("deployments", "services", "configmaps") for o in fake.list(kind, NS)
             if LABEL in o["metadata"].get("labels", {})]
-    assert left == []
 
 
-def test_in_cluster_load_creates_reads_and_deletes_its_objects(cluster: Any, targets: dict[str, str], tmp_path: Path) -> None:
-    fake, pods = cluster
+def wait_stopped(kubelet: Kubelet, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout  # the kubelet notices deletions within its 0.1 s poll, then stops the processes
+    while time.monotonic() < deadline and (len(kubelet.stopped) < n or kubelet.running_pods()):
+        time.sleep(0.05)
+    assert kubelet.running_pods() == [] and len(kubelet.stopped) >= n, (kubelet.stopped, kubelet.running_pods())
+
+
+def test_in_cluster_gate_reads_exact_per_version_statistics_and_deletes_its_objects(cluster: Any, targets: dict[str, str], tmp_path: Path) -> None:
+    fake, kubelet = cluster
     out = tmp_path / "report.json"
     r = run_cli("gate", "--quiet", *plan(tmp_path, fake, targets["healthy"]), "--json", str(out),
                 env={"GITHUB_STEP_SUMMARY": ""}, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     created_and_deleted(fake)
     assert fake.count("get", "services/proxy", namespace=NS) >= 3  # readiness + a read a second
-    assert fake.count("create", "services/proxy", namespace=NS) >= 2  # POST swarm, POST stop
-    deadline = time.monotonic() + 20  # the harness notices deletions within its 0.1 s poll, then stops the processes
-    while time.monotonic() < deadline and len(pods.stopped) < 2:
-        time.sleep(0.05)
-    assert sorted(pods.started) == sorted(pods.stopped) and len(pods.started) == 2  # master and workers: gone
-    import json
+    assert fake.count("create", "services/proxy", namespace=NS) == 1  # POST rollout/start (the master ends the stage itself)
+    wait_stopped(kubelet, 2)
+    # the pods ran the commands the templates give the containers: rollout's own master and workers
+    pods = sorted(kubelet.started)
+    assert len(pods) == 3 and sum(p.endswith("-master") for p in pods) == 1 and sum(p.endswith("-worker") for p in pods) == 2, pods
+    stats = json.loads(out.read_text())["stages"][0]["stats"]
+    # attributed by the version header, as in-process (not one all-traffic series)
+    assert stats["v-healthy"]["requests"] > 20 and stats["v-healthy"]["failures"] == 0, stats
+    assert "unknown" not in stats and stats["all"]["requests"] == stats["v-healthy"]["requests"]
+    assert {v["status"] for v in json.loads(out.read_text())["stages"][0]["verdicts"]} == {"pass"}
 
-    doc = json.loads(out.read_text())
-    stats = doc["stages"][0]["stats"]
-    assert stats["in-cluster"]["requests"] > 20 and stats["in-cluster"]["failures"] == 0
-    assert {v["status"] for v in doc["stages"][0]["verdicts"]} == {"pass"}
+
+def test_the_pods_run_the_commands_the_templates_give_their_containers(cluster: Any, targets: dict[str, str], tmp_path: Path) -> None:
+    """The kubelet maps only what a cluster would resolve: image rollout -> `python -m rollout`, the mount path,
+    the bind addresses and the master's Service name; every other argument is the template's."""
+    from rollout.backends.kubernetes.load_runner import render
+
+    fake, kubelet = cluster
+    objs = render("rollout-load-t", NS, "t", "registry.example.com/rollout:0.1", 2, "from locust import HttpUser\n")
+    for o in objs:
+        fake.create(o, NS)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(kubelet.running_pods(NS)) < 3:
+        time.sleep(0.05)
+    pods = {p.name.rsplit("-", 1)[0]: p for p in kubelet.running_pods(NS)}
+    master, worker = pods["rollout-load-t-master"], pods["rollout-load-t-worker"]
+    assert master.cmd[:3] == [sys.executable, "-m", "rollout"] and master.cmd[3] == "load-master"
+    web, port = master.ports[8089], master.ports[5557]
+    assert master.cmd[4:] == ["--locustfile", str(master.cwd / "locustfile" / "locustfile.py"), "--master-bind", f"127.0.0.1:{port}",
+                              "--web-bind", f"127.0.0.1:{web}"]
+    assert (master.cwd / "locustfile" / "locustfile.py").read_text() == "from locust import HttpUser\n"
+    assert worker.cmd[3:6] == ["load-worker", "--master", f"127.0.0.1:{port}"]
+    assert kubelet.service_port(NS, "rollout-load-t-master", "8089") == web
+    assert worker.proc is not None
+    worker.proc.kill()  # a crashed container comes back (the Deployment's restartPolicy: Always)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (worker.restarts == 1 and worker.running):
+        time.sleep(0.05)
+    assert worker.restarts == 1 and worker.running
+    for o in objs:
+        fake.delete(o["kind"].lower() + "s", NS, o["metadata"]["name"])
+    wait_stopped(kubelet, 2)
 
 
 def test_a_gate_fails_against_an_erroring_target_and_everything_is_deleted(cluster: Any, targets: dict[str, str], tmp_path: Path) -> None:
-    fake, _pods = cluster
+    fake, kubelet = cluster
     r = run_cli("gate", "--quiet", *plan(tmp_path, fake, targets["erroring"], workers=1, duration="30s"),
                 env={"GITHUB_STEP_SUMMARY": ""}, timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "gate `errors` failed" in r.stderr and "all traffic error rate" in r.stderr
+    assert "gate `errors` failed" in r.stderr, r.stderr
     created_and_deleted(fake)
+    wait_stopped(kubelet, 2)
 
 
 def test_pods_that_never_come_up_are_exit_3_and_deleted(tmp_path: Path) -> None:
-    with FakeApiServer(controller_delay=0) as fake:  # no harness: nothing runs the pods, the proxy path is 404
+    with FakeApiServer(controller_delay=0) as fake:  # no kubelet: nothing runs the pods, the proxy path is 404
         r = run_cli("gate", "--quiet", *plan(tmp_path, fake, "http://127.0.0.1:9", ready="2s"),
                     env={"GITHUB_STEP_SUMMARY": ""}, timeout=60)
         assert r.returncode == 3, r.stdout + r.stderr
-        assert "the in-cluster Locust did not come up within 2s" in r.stderr
+        assert "the in-cluster Locust master did not answer within 2s" in r.stderr and "Traceback" not in r.stderr
         created_and_deleted(fake)
 
 
@@ -254,25 +163,28 @@ def test_the_manifest_templates_render_to_the_objects_the_runner_creates() -> No
     # the templates ship as package data, and only there: manifests/ holds objects `kubectl apply -f` accepts
     for name in ("locust-configmap.yaml", "locust-master.yaml", "locust-workers.yaml"):
         assert (TEMPLATES / name).is_file() and not (ROOT / "manifests" / name).exists()
-    objs = render("rollout-load-x", NS, "x", "locustio/locust:2.47.0", 3, "print('hi')\n")
+    objs = render("rollout-load-x", NS, "x", "registry.example.com/rollout:0.1", 3, "print('hi')\n")
     assert [(o["kind"], o["metadata"]["name"]) for o in objs] == [
         ("ConfigMap", "rollout-load-x-locustfile"), ("Deployment", "rollout-load-x-master"),
         ("Service", "rollout-load-x-master"), ("Deployment", "rollout-load-x-worker")]
     assert objs[0]["data"] == {"locustfile.py": "print('hi')\n"} and objs[3]["spec"]["replicas"] == 3
     assert all(o["metadata"]["labels"][LABEL] == "x" for o in objs)
+    master, worker = (o["spec"]["template"]["spec"]["containers"][0] for o in (objs[1], objs[3]))
+    assert master["image"] == worker["image"] == "registry.example.com/rollout:0.1" and "command" not in master  # the image's entrypoint: rollout
+    assert master["args"][0] == "load-master" and worker["args"][:3] == ["load-worker", "--master", "rollout-load-x-master:5557"]
 
 
 def test_ctrl_c_during_the_load_deletes_everything(cluster: Any, targets: dict[str, str], tmp_path: Path) -> None:
     import os
     import signal
 
-    fake, _pods = cluster
+    fake, kubelet = cluster
     cmd = [sys.executable, "-m", "rollout", "gate", "--quiet", *plan(tmp_path, fake, targets["healthy"], workers=1, duration="60s")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "GITHUB_STEP_SUMMARY": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while fake.count("create", "services/proxy", namespace=NS) < 1 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)  # until the swarm was started
+            time.sleep(0.1)  # until the stage was started
         assert fake.count("create", "services/proxy", namespace=NS) == 1
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
@@ -282,42 +194,93 @@ def test_ctrl_c_during_the_load_deletes_everything(cluster: Any, targets: dict[s
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, out + err
-    assert fake.count("create", "configmaps", namespace=NS) == 1
     created_and_deleted(fake)
+    wait_stopped(kubelet, 2)
 
 
-def test_the_masters_numbers_become_stage_statistics() -> None:
-    from rollout.load.cluster import ROLE, apply
+def test_the_masters_statistics_round_trip_exactly() -> None:
+    """What `rollout load-master` serves is what the gates read: counts and histograms unchanged, the timeline
+    sent from where the CLI left off."""
+    from rollout.load.wire import stats_from_json, stats_to_json
     from rollout.load.stats import StageStats
 
-    doc = {"user_count": 4, "current_response_time_percentiles": {"response_time_percentile_0.5": 21, "response_time_percentile_0.95": 40},
-           "stats": [{"name": "/api/answer", "num_requests": 1}, {
-               "name": "Aggregated", "num_requests": 1000, "num_failures": 30, "min_response_time": 5, "max_response_time": 400,
-               "median_response_time": 20, "response_time_percentile_0.95": 45, "response_time_percentile_0.99": 90, "avg_response_time": 23.5}]}
-    stats, prev = StageStats(), [0, 0]
-    apply(stats, doc, 3.0, prev)
-    vs = stats.role("all")
-    assert (vs.requests, vs.failures, stats.users) == (1000, 30, 4) and vs.latency.count == 1000
-    for p, want in ((50, 20), (90, 45), (95, 45), (99, 90), (100, 400)):  # p90 reads the p95: never lower
-        assert abs(vs.percentile(p) - want) <= want * 0.006, (p, vs.percentile(p))
-    assert vs.latency.min == 5 and abs(vs.latency.mean - 23.5) < 1e-9
-    assert stats.timeline[-1][ROLE] == {"requests": 1000, "failures": 30, "p50_ms": 21, "p95_ms": 40, "p99_ms": None}
-    apply(stats, doc, 4.0, prev)  # nothing new: an empty second
-    assert stats.timeline[-1] == {"t": 4.0}
+    st = StageStats()
+    for i in range(1000):
+        st.role("stable").add(5.0 + i % 50, i % 100 == 0)
+        st.role("canary").add(7.5 + i % 70, i % 10 == 0)
+    st.cohort_routing = {"other->stable": 1000}
+    st.timeline = [{"t": 1.0}, {"t": 2.0}, {"t": 3.0}]
+    st.elapsed, st.users = 3.0, 4
+    back = stats_from_json(json.loads(json.dumps(stats_to_json(st))))
+    for role in ("stable", "canary"):
+        a, b = st.role(role), back.role(role)
+        assert (a.requests, a.failures) == (b.requests, b.failures)
+        assert [a.percentile(p) for p in (50, 90, 95, 99)] == [b.percentile(p) for p in (50, 90, 95, 99)]
+    assert back.cohort_routing == st.cohort_routing and (back.elapsed, back.users) == (3.0, 4)
+    part = stats_to_json(st, since=2)  # the CLI has entries 0..1 already
+    assert part["timeline"] == [{"t": 3.0}] and stats_from_json(part, back).timeline == st.timeline
 
 
-def test_run_refuses_the_in_cluster_runner_with_a_reason(tmp_path) -> None:
-    import yaml
-
-    from tests.conftest import ROOT, run_cli
-
-    plan = {
+def test_stage_workers_without_the_in_cluster_runner_is_a_plan_error_with_file_line_and_field(tmp_path: Path) -> None:
+    doc = {
         "name": "svc", "owner": {"name": "t", "contact": "t@example.com"},
         "target": {"backend": "local", "stable": "v1", "versions": {"v1": {"command": "x"}, "v2": {"command": "x"}}},
-        "load": {"locustfile": str(ROOT / "locustfiles" / "answer.py"), "users": 2, "runner": "kubernetes", "cluster": {"workers": 1}},
-        "stages": [{"name": "a", "weight": 10, "duration": "1s"}],
+        "load": {"locustfile": str(ROOT / "locustfiles" / "answer.py"), "users": 2},
+        "stages": [{"name": "a", "weight": 10, "duration": "1s"}, {"name": "b", "weight": 50, "duration": "1s", "workers": 2}],
     }
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    r = run_cli("run", str(path), "--version", "v2", env={"ROLLOUT_STATE_DIR": str(tmp_path / "s")})
-    assert r.returncode == 2 and "cannot judge a canary against stable" in r.stderr and "rollout gate" in r.stderr
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = run_cli("validate", str(path))
+    assert r.returncode == 2 and "stages[1].workers" in r.stderr and "load.runner: kubernetes" in r.stderr, r.stderr
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "workers: 2" in t)
+    assert f"{path}:{line}" in r.stderr or f"plan.yaml:{line}" in r.stderr, r.stderr
+    doc["load"]["runner"] = "kubernetes"
+    doc["stages"][1]["workers"] = 0
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    r = run_cli("validate", str(path))
+    assert r.returncode == 2 and "stages[1].workers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_a_newcomer_runs_in_cluster_load_against_the_fake_api_server_started_from_the_command_line(targets: dict[str, str], tmp_path: Path) -> None:
+    """`python -m rollout.testing.apiserver --run-pods --kubeconfig kc` (README): `rollout gate` with
+    `load.runner: kubernetes` works against it as against a cluster."""
+    import os
+
+    kc = tmp_path / "kc"
+    api = subprocess.Popen([sys.executable, "-m", "rollout.testing.apiserver", "--port", "0", "--kubeconfig", str(kc), "--run-pods",
+                            "--pods-dir", str(tmp_path / "pods")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert api.stdout is not None
+        line = api.stdout.readline()
+        assert "fake kube-apiserver listening on http://127.0.0.1:" in line, line
+        doc = yaml.safe_load(Path(plan(tmp_path, _Kubeconfig(str(kc)), targets["healthy"])[0]).read_text())
+        assert doc["load"]["cluster"]["kubeconfig"] == str(kc)
+        r = run_cli("gate", "--quiet", str(tmp_path / "plan.yaml"), "--host", targets["healthy"], "--json", str(tmp_path / "r.json"),
+                    env={"GITHUB_STEP_SUMMARY": ""}, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        stats = json.loads((tmp_path / "r.json").read_text())["stages"][0]["stats"]
+        assert stats["v-healthy"]["requests"] > 20, stats
+        logs = sorted(p.name for p in (tmp_path / "pods" / NS).glob("*.log"))
+        assert len(logs) == 3, logs  # the master and two workers ran (their output kept under --pods-dir)
+    finally:
+        api.terminate()
+        api.wait(timeout=30)
+    assert api.returncode == 0
+
+
+class _Kubeconfig:
+    """`plan()` asks its fake for a kubeconfig; here the server is another process that wrote one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write_kubeconfig(self, namespace: str) -> str:
+        import yaml as _yaml
+
+        doc = _yaml.safe_load(Path(self.path).read_text())
+        for ctx in doc.get("contexts") or []:
+            ctx["context"]["namespace"] = namespace
+        Path(self.path).write_text(_yaml.safe_dump(doc))
+        return self.path

@@ -151,10 +151,12 @@ def test_a_canary_hanging_a_third_of_its_requests_is_rolled_back_within_seconds(
     stage = state["stages"][-1]
     failed = [v for v in stage["verdicts"] if v["status"] == "fail"]
     assert failed[0]["gate"] == "canary-alive" and failed[0]["observed"] >= 0.1, failed
-    # measured 4.9-6.0 s to the stage's end, 5.0-6.2 s to all traffic on stable (4 stuck requests, 2 s each, then a tick);
-    # the bounds leave room for a busy machine and still stand far from the 30 s upstream timeout
-    assert stage["ended_at"] - stage["started_at"] < DETECT_WITHIN + 2, "judged in the tick, long before the 30 s upstream timeout"
-    assert at(state, "stable") - stage["started_at"] < STABLE_WITHIN + 2
+    # measured 4.9-6.0 s to the stage's end before the rule asked the stuck requests to be still waiting for 2 s
+    # (HUNG_PERSIST), which adds those 2 s; the bounds leave room for a busy machine and still stand far from the
+    # 30 s upstream timeout (what the test is about: judged from the router, not from the 504s)
+    print(f"stage end {stage['ended_at'] - stage['started_at']:.2f} s, stable {at(state, 'stable') - stage['started_at']:.2f} s")
+    assert stage["ended_at"] - stage["started_at"] < DETECT_WITHIN + 8, "judged in the tick, long before the 30 s upstream timeout"
+    assert at(state, "stable") - stage["started_at"] < STABLE_WITHIN + 8
     router = stage["stats"]["router"]
     assert router["canary"]["stuck"] >= 4 and router["stable"]["stuck"] == 0
 

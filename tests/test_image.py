@@ -57,18 +57,24 @@ def test_the_package_the_image_installs_carries_its_data(tmp_path: Path) -> None
 
 
 def test_every_manifest_running_the_image_runs_a_real_rollout_command() -> None:
+    """manifests/ and the in-cluster load templates (rendered as the runner renders them): rollout's image,
+    entrypoint `rollout`, args a real command with real flags."""
+    from rollout.backends.kubernetes.load_runner import render
+
     seen = 0
-    for path in sorted((ROOT / "manifests").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") not in ("Job", "Deployment"):
+    docs = [(path, doc) for path in sorted((ROOT / "manifests").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())]
+    docs += [(Path(f"template {o['metadata']['name']}"), o)
+             for o in render("rollout-load-t", "ns", "t", "registry.example.com/rollout:0.1", 2, "from locust import HttpUser\n")]
+    for path, doc in docs:
+        if not doc or doc.get("kind") not in ("Job", "Deployment"):
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            if "rollout" not in c["image"]:
                 continue
-            for c in doc["spec"]["template"]["spec"]["containers"]:
-                if "rollout" not in c["image"]:
-                    continue
-                seen += 1
-                args = c["args"]
-                r = subprocess.run([sys.executable, "-m", "rollout", args[0], "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
-                assert r.returncode == 0, f"{path.name}: `rollout {args[0]}`: {r.stderr}"
-                for flag in (a.split("=")[0] for a in args[1:] if a.startswith("--")):
-                    assert flag in r.stdout, f"{path.name}: `rollout {args[0]}` has no {flag}"
-    assert seen >= 2  # the Job and the watch
+            seen += 1
+            args = c["args"]
+            r = subprocess.run([sys.executable, "-m", "rollout", args[0], "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+            assert r.returncode == 0, f"{path.name}: `rollout {args[0]}`: {r.stderr}"
+            for flag in (a.split("=")[0] for a in args[1:] if a.startswith("--")):
+                assert flag in r.stdout, f"{path.name}: `rollout {args[0]}` has no {flag}"
+    assert seen >= 4  # the Job, the watch, the load master and workers

@@ -227,8 +227,9 @@ def test_the_canary_listener_without_a_canary_answers_503(start_router: Any, fau
 
 
 def hanging(due: int, stuck: int, answered: int, **gauges: int) -> dict[str, int]:
-    """Router counters of a version whose answers came due `due` times, `stuck` of them unanswered then."""
-    return counters(routed=due + 10, answered=answered, in_flight=stuck, due=due, stuck=stuck, **gauges)
+    """Router counters of a version whose answers came due `due` times, `stuck` of them unanswered then
+    (and, unless said otherwise, still waiting now: `stuck_now`, as hung requests are)."""
+    return counters(routed=due + 10, answered=answered, in_flight=stuck, due=due, stuck=stuck, **{"stuck_now": stuck, **gauges})
 
 
 def test_a_canary_hanging_a_third_of_its_requests_fails_naming_the_numbers() -> None:
@@ -237,20 +238,25 @@ def test_a_canary_hanging_a_third_of_its_requests_fails_naming_the_numbers() -> 
     assert f.tick(2.0, hanging(0, 0, 14), stable=hanging(0, 0, 160)).status is Status.PENDING  # nothing due yet
     v = f.tick(3.0, hanging(9, 3, 20), stable=hanging(80, 0, 240))
     assert v.status is Status.PENDING, v.message  # 3 stuck: too few to blame anyone
-    v = f.tick(4.0, hanging(18, 6, 26, stuck_now=6, oldest_wait_ms=3900), stable=hanging(160, 0, 320))
+    v = f.tick(4.0, hanging(18, 6, 26, oldest_wait_ms=3900), stable=hanging(160, 0, 320))
+    assert v.status is Status.PENDING, v.message  # enough stuck, but waiting for 1 s only: a slow tail looks the same
+    v = f.tick(5.0, hanging(27, 9, 32, oldest_wait_ms=4900), stable=hanging(240, 0, 400))
+    assert v.status is Status.PENDING, v.message  # still waiting at 2 ticks: not yet the 2 s HUNG_PERSIST
+    v = f.tick(6.0, hanging(36, 12, 38, oldest_wait_ms=5900), stable=hanging(320, 0, 480))
     assert v.status is Status.FAIL and v.gate == "canary-alive"
-    assert v.message == ("canary v2 leaves requests unanswered: 6 of 18 requests routed to it in 4 s still unanswered after 2 s; "
-                         "stable v1: 0 of 160 (6 waiting now, the oldest for 3.9 s)")
-    assert v.observed == pytest.approx(6 / 18) and v.requests == 18
-    assert f.tick(5.0, hanging(18, 6, 40), stable=hanging(160, 0, 400)).status is Status.FAIL  # stays failed
+    assert v.message == ("canary v2 leaves requests unanswered: 12 of 36 requests routed to it in 6 s still unanswered after 2 s; "
+                         "stable v1: 0 of 320 (12 waiting now, the oldest for 5.9 s)")
+    assert v.observed == pytest.approx(12 / 36) and v.requests == 36
+    assert f.tick(7.0, hanging(36, 12, 40), stable=hanging(400, 0, 560)).status is Status.FAIL  # stays failed
     assert "unanswered after 2 s" in f.check.describe(f.stats)
 
 
 def test_the_routers_stuck_after_is_named() -> None:
     f = Feed()
-    probe = CanaryProbe("v2", None, {"v1": hanging(300, 0, 300), "v2": hanging(30, 10, 20)}, stuck_after=0.5)
-    v = f.check.observe(1.0, f.stats, probe)
-    assert v.status is Status.FAIL and "10 of 30 requests routed to it in 1 s still unanswered after 0.5 s; stable v1: 0 of 300" in v.message
+    for t in (1, 2, 3):  # still waiting at every tick of HUNG_PERSIST (2 s)
+        probe = CanaryProbe("v2", None, {"v1": hanging(300 * t, 0, 300 * t), "v2": hanging(30 * t, 10 * t, 20 * t)}, stuck_after=0.5)
+        v = f.check.observe(float(t), f.stats, probe)
+    assert v.status is Status.FAIL and "30 of 90 requests routed to it in 3 s still unanswered after 0.5 s; stable v1: 0 of 900" in v.message
 
 
 def test_stable_as_stuck_is_a_shared_slowness_not_the_canarys() -> None:
@@ -263,7 +269,7 @@ def test_stable_as_stuck_is_a_shared_slowness_not_the_canarys() -> None:
         v = g.tick(float(t), hanging(10 * t, 4 * t, 6 * t), stable=hanging(90 * t, t, 89 * t))
         if v.status is Status.FAIL:
             break
-    assert v.status is Status.FAIL and v.message.endswith("8 of 20 requests routed to it in 2 s still unanswered after 2 s; stable v1: 2 of 180")
+    assert v.status is Status.FAIL and "12 of 30 requests routed to it in 3 s still unanswered after 2 s; stable v1: 3 of 270" in v.message
 
 
 def test_a_slow_but_healthy_canary_and_a_rare_stuck_request_are_not_failed() -> None:
@@ -274,6 +280,22 @@ def test_a_slow_but_healthy_canary_and_a_rare_stuck_request_are_not_failed() -> 
     for t in range(1, 11):
         v = g.tick(float(t), hanging(50 * t, t, 49 * t), stable=hanging(450 * t, 0, 450 * t))
         assert v.status is Status.PENDING, v.message
+
+
+def test_a_slow_tail_answered_late_is_not_a_hang() -> None:
+    """Many canary requests pass 2 s without an answer (stuck, far more than stable's), but each is answered a
+    moment later: never MIN_STUCK of them still waiting at every tick of HUNG_PERSIST s — slow, not hung."""
+    f = Feed()
+    for t in range(1, 31):
+        waiting = 4 if t % 2 else 1  # the gauge dips between ticks: the stuck ones were answered
+        v = f.tick(float(t), hanging(20 * t, 3 * t, 17 * t, stuck_now=waiting), stable=hanging(180 * t, 0, 180 * t))
+        assert v.status is Status.PENDING, (t, v.message)
+    g = Feed()  # the same counters with the stuck requests still waiting: a hang, failed
+    for t in range(1, 31):
+        v = g.tick(float(t), hanging(20 * t, 3 * t, 17 * t), stable=hanging(180 * t, 0, 180 * t))
+        if v.status is Status.FAIL:
+            break
+    assert v.status is Status.FAIL and "leaves requests unanswered" in v.message
 
 
 def test_no_stable_traffic_to_compare_with_is_no_verdict() -> None:
@@ -360,5 +382,6 @@ def test_a_plan_that_accepts_slow_answers_turns_the_partial_hang_rule_off() -> N
         check = CanaryLiveness("v2", "v1", slowest_ms=slowest_ms)
         stats = StageStats()
         check.observe(0.0, stats, CanaryProbe("v2", None, {"v1": counters(), "v2": counters()}))
-        v = check.observe(1.0, stats, CanaryProbe("v2", None, {"v1": hanging(300, 0, 300), "v2": hanging(30, 10, 20)}))
+        for t in (1, 2, 3):  # the stuck ones still waiting at every tick of HUNG_PERSIST
+            v = check.observe(float(t), stats, CanaryProbe("v2", None, {"v1": hanging(300 * t, 0, 300 * t), "v2": hanging(30 * t, 10 * t, 20 * t)}))
         assert v.status is expected, (slowest_ms, v.message)

@@ -82,7 +82,10 @@ CASES = [
     ("ratio-and-increase", _mut(lambda p: p["gates"].update(cmp={"metric": "error_rate", "compare": "stable", "max_increase": "+1pt", "max_ratio": 2})), ["gates.cmp", "not both"]),
     ("ratio-on-latency", _mut(lambda p: p["gates"].update(cmp={"metric": "p95", "compare": "stable", "max_ratio": 2})), ["gates.cmp", "`max_ratio` with `metric: error_rate`"]),
     ("pass-max-above-max", _mut(lambda p: p["gates"].update(lim={"metric": "error_rate", "max": "2%", "pass_max": "3%"})), ["gates.lim", "at most `max`"]),
-    ("sequential-latency-with-cluster-runner", _mut(lambda p: (p["load"].update(runner="kubernetes"), p["gates"].update(lat={"metric": "p95", "max": "1s"}))), ["gates.lat.method", "`method: threshold` on latency limits with the in-cluster runner"]),
+    # stages[].workers: worker pods of the in-cluster runner, per stage (rollout.load.cluster)
+    ("stage-workers-without-cluster-runner", _mut(lambda p: p["stages"][0].update(workers=2)), ["stages[0].workers", "load.runner: kubernetes"]),
+    ("stage-workers-zero", _mut(lambda p: (p["load"].update(runner="kubernetes"), p["stages"][0].update(workers=0))), ["stages[0].workers", "≥ 1"]),
+    ("stage-workers-not-a-number", _mut(lambda p: (p["load"].update(runner="kubernetes"), p["stages"][0].update(workers="two"))), ["stages[0].workers"]),
     ("alpha-percent-out-of-range", _mut(lambda p: p["gates"].update(lim={"metric": "error_rate", "max": "2%", "alpha": "60%"})), ["gates.lim.alpha", "< 0.5"]),
     ("alpha-out-of-range", _mut(lambda p: p["gates"].update(seq={"metric": "p95", "compare": "stable", "max_increase": "20%", "method": "sequential", "alpha": 0.7})), ["gates.seq.alpha", "< 0.5"]),
     ("metric-source-twice", _set(("load", "metrics"), {"conf": {"json": "confidence", "header": "X-Conf"}}), ["load.metrics.conf", "exactly one source"]),

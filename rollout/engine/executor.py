@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ from rollout.engine.live import LIVE_EVERY, snapshot
 from rollout.engine.requests import Request
 from rollout.errors import EXIT_GATE_FAILED, EXIT_OK, EXIT_PAUSED, Interrupted, LoadError, RolloutError, UsageError
 from rollout.gates import liveness
-from rollout.gates.health import health_checks
+from rollout.gates.health import explain_inconclusive, health_checks
 from rollout.gates.judge import StageJudge
 from rollout.gates.verdict import Status, Verdict
 from rollout.load.stats import StageStats
@@ -401,9 +401,11 @@ class Engine:
             on_tick.interrupt = interrupt  # type: ignore[attr-defined]
 
         spec = self._load_spec(i)
+        watching = getattr(self.mailbox, "watching", None)  # Kubernetes: a watch on the mailbox moves version() at once
         try:
             assert self.load_runner is not None, "a load runner is needed to run stages"
-            stats = self.load_runner(spec, on_tick)
+            with watching(self.out.event) if watching is not None else nullcontext():
+                stats = self.load_runner(spec, on_tick)
         except KeyboardInterrupt:
             rec.status, rec.ended_at = StageStatus.INTERRUPTED, self.clock()
             rec.reason = "interrupted (Ctrl-C/SIGTERM); traffic left at " + st.split.describe()
@@ -428,6 +430,7 @@ class Engine:
             verdicts = judge.judge(stats, final=True)
             verdicts += [served] if served.status is Status.FAIL else []
             verdicts += health_checks(gates, split, stats, stage.load_to == "canary")
+            verdicts = explain_inconclusive(verdicts, stats)  # "far fewer requests than expected", said first
         else:  # the failing gates, plus where the others stood at that moment
             names = {v.gate for v in failing}
             verdicts = failing + [v for v in judge.judge(stats, final=False) if v.gate not in names]
@@ -508,6 +511,7 @@ class Engine:
             exclude_tags=tuple(self.exclude_tags if self.exclude_tags is not None else load.exclude_tags)
             if (self.exclude_tags is not None or load.exclude_tags is not None) else None,
             options=tuple(load.options.items()),
+            workers=stage.workers,
         )
 
     # -- ending ----------------------------------------------------------------

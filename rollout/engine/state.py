@@ -161,6 +161,9 @@ class State:
     # who owns the plan and its stage names, recorded by every command that acts, so `rollout list`
     # can show a rollout found without its plan file (a ConfigMap in the cluster, a bare state directory)
     plan_info: dict[str, Any] = field(default_factory=dict)
+    # in-cluster load runs (load.runner: kubernetes) whose objects may exist: recorded before any is created,
+    # removed once all are deleted; the next command deletes what a killed driver left ({run, namespace, ...})
+    load_runs: list[dict[str, Any]] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
 
     # -- small helpers that keep records consistent ---------------------------
@@ -274,6 +277,7 @@ def from_dict(d: dict[str, Any]) -> State:
         pause=d.get("pause"),
         live=d.get("live"),
         plan_info=dict(d.get("plan_info") or {}),
+        load_runs=[dict(r) for r in d.get("load_runs") or []],
         schema=int(d.get("schema", SCHEMA_VERSION)),
     )
 

@@ -9,7 +9,9 @@ When one fails, the canary is not to blame, so the stage goes to a person
   replica counts that make the weight coarse, sticky keep-alive connections);
 - the stable version breaching the plan's own absolute limits: the baseline
   is unhealthy, so comparisons against it mean little;
-- the load generator saturated: its CPU near 100 % inflates every latency.
+- the load generator saturated: its CPU near 100 % inflates every latency;
+- the load far thinner than its users imply (`thin_load`): explains an inconclusive
+  stage or gate run instead of leaving "inconclusive" unexplained (see below).
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ SRM_MIN_REQUESTS = 200
 SRM_SIGMAS = 5.0  # far beyond chance: 5 standard deviations of a binomial share
 SRM_MIN_GAP = 0.05  # and at least 5 points, so tiny real skews do not page anyone
 CPU_SATURATED = 90.0
+# "Far fewer requests than expected": fewer than one request per user every 5 seconds of the run.
+THIN_PER_USER_SECOND = 0.2
+THIN_MIN_USER_SECONDS = 5.0  # below this there is too little run to say anything about its rate
+SLOW_SHARE = 0.5  # a request's own latency is at least this share of a user's time per request: the target is slow
 
 
 def split_mismatch(split: Split, stats: StageStats) -> Verdict | None:
@@ -70,6 +76,61 @@ def saturated(stats: StageStats) -> Verdict | None:
                        f"the load generator reached {stats.cpu_max:.0f}% CPU: latencies may be its own, not the service's "
                        "(fewer users, `load.workers`, or a bigger machine)", "all", stats.cpu_max, CPU_SATURATED, stats.requests)
     return None
+
+
+def user_seconds(stats: StageStats) -> float:
+    """Σ users × time over the run, from the running-user timeline (one point a tick; linear between points, from
+    0 users at 0 s), so a ramp-up or a shape is not held against the load; users × elapsed without a timeline."""
+    points = [(float(t), float(u)) for t, u in stats.users_timeline if 0 <= t <= stats.elapsed + 1e-9]
+    if not points:
+        return float(stats.users) * stats.elapsed
+    total, (t0, u0) = 0.0, (0.0, 0.0)
+    for t, u in points:
+        total += (t - t0) * (u0 + u) / 2.0
+        t0, u0 = t, u
+    return total + max(stats.elapsed - t0, 0.0) * u0
+
+
+def thin_load(stats: StageStats) -> Verdict | None:
+    """The load made far fewer requests than its users and duration imply — the plain reason a gate could not
+    decide. The rule: fewer than THIN_PER_USER_SECOND requests per user-second (one per user every 5 s), over at
+    least THIN_MIN_USER_SECONDS user-seconds. The cause is named from what was measured: the time a user spent per
+    request (user-seconds / requests) against the requests' own mean latency (and, when the router counts them,
+    requests still unanswered): mostly latency → the target is slow; mostly not → the users wait between requests
+    (the locustfile's `wait_time`). INCONCLUSIVE: not the canary's fault, and not a pass."""
+    us = user_seconds(stats)
+    if us < THIN_MIN_USER_SECONDS or stats.requests >= THIN_PER_USER_SECOND * us:
+        return None
+    users = max((u for _, u in stats.users_timeline), default=stats.users) or stats.users
+    n = stats.requests
+    per_user = us / n if n else math.inf
+    mean_s = stats.role("all").latency.mean / 1000.0 if n else math.nan
+    waiting = sum(int(c.get("in_flight", 0)) for c in stats.router.values()) if stats.router else 0
+    head = (f"the load made far fewer requests than expected: {n:,} in {stats.elapsed:.0f} s from {users:g} users "
+            f"({n / us:.2f} per user per second; a load test's users send at least {THIN_PER_USER_SECOND:g}, one every "
+            f"{1 / THIN_PER_USER_SECOND:g} s), too few for the gates to decide")
+    if n == 0:
+        why = ("no request completed: the target answered nothing in time (slow or hanging"
+               + (f": {waiting} requests still unanswered at the router" if waiting else "") + "), or the locustfile's users never send "
+               "(check the target with `curl`, and the locustfile's tasks and wait_time)")
+    elif (mean_s == mean_s and mean_s >= SLOW_SHARE * per_user) or waiting * 2 >= users > 0:
+        why = (f"the target is slow: a request took {mean_s:.1f} s on average, so each user completed one every {per_user:.1f} s"
+               + (f" ({waiting} requests still unanswered at the router)" if waiting else "")
+               + "; check the target's latency, or give the load more users")
+    else:
+        why = (f"each user spent {per_user:.1f} s per request while a request itself took {mean_s * 1000:.0f} ms on average: "
+               f"the users wait ~{per_user - mean_s:.1f} s between requests (the locustfile's wait_time); shorten it, add users "
+               "or lengthen the stage")
+    return Verdict("health: load volume", Status.INCONCLUSIVE, f"{head}: {why}", "all", n / us, THIN_PER_USER_SECOND, n)
+
+
+def explain_inconclusive(verdicts: list[Verdict], stats: StageStats) -> list[Verdict]:
+    """`verdicts` with the load-volume explanation first when some verdict is inconclusive and the load was thin
+    (a run whose gates decided is judged on them, however few its requests)."""
+    if not any(v.status is Status.INCONCLUSIVE for v in verdicts):
+        return verdicts
+    thin = thin_load(stats)
+    return [thin, *verdicts] if thin is not None else verdicts
 
 
 def health_checks(gates: dict[str, Gate], split: Split, stats: StageStats, to_canary_only: bool) -> list[Verdict]:

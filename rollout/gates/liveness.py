@@ -23,6 +23,11 @@ review), whatever the gates' minimums:
   waits on one, so the evidence must be taken from the router while it is
   fresh. Conservative on purpose, since a slow but healthy canary must pass:
   at least `MIN_STUCK` stuck requests and `MIN_STUCK_SHARE` of the canary's,
+  at least `MIN_STUCK` of them *still waiting* at every tick of the last
+  `HUNG_PERSIST` seconds (the router's `stuck_now` gauge: a hung request stays
+  in it until the upstream timeout, a slow one leaves it when answered; without
+  this, a healthy canary with 5 % of its answers past 2 s was failed in 72 % of
+  5-minute stages, see bench/bench_partial_hang.py),
   stable's share under `STABLE_SHARE_RATIO` of the canary's, and a one-sided
   Fisher exact test (canary stuck more often than stable) below `STUCK_ALPHA`;
   never judged without stable traffic to compare with (`MIN_STABLE_DUE`): a
@@ -60,6 +65,10 @@ MIN_STUCK_SHARE = 0.10  # of the canary's requests due in the window
 STABLE_SHARE_RATIO = 0.2  # stable's stuck share must be under a fifth of the canary's
 STUCK_ALPHA = 1e-4  # one-sided Fisher exact test, canary vs stable, every tick
 MIN_STABLE_DUE = 20  # stable requests due in the window: without them there is nothing to compare with
+# ...and still waiting: at least MIN_STUCK canary requests unanswered past `stuck_after` at every tick of the last
+# HUNG_PERSIST seconds (the router's `stuck_now` gauge). A hung request stays in that gauge until the upstream
+# timeout (28 s more); a slow one leaves it when it is answered — what tells a hang from a long tail (bench_partial_hang.py).
+HUNG_PERSIST = 2.0
 GAUGES = ("in_flight", "stuck_now", "oldest_wait_ms")  # router numbers that are not cumulative counters
 
 
@@ -227,6 +236,8 @@ class CanaryLiveness:
         s_due, s_stuck = self._stuck_counts(base, now, "stable")
         if s_due < MIN_STABLE_DUE or s_stuck / s_due >= STABLE_SHARE_RATIO * stuck / due:
             return None
+        if not self._still_waiting(now):
+            return None  # answered late, not hung: a slow tail (the latency gates judge that)
         p = stuck_test(stuck, due, s_stuck, s_due)
         if p >= STUCK_ALPHA:
             return None
@@ -237,6 +248,17 @@ class CanaryLiveness:
         if c.get("stuck_now"):
             msg += f" ({c['stuck_now']} waiting now, the oldest for {int(c.get('oldest_wait_ms', 0)) / 1000:.1f} s)"
         return Verdict(NAME, Status.FAIL, msg, "canary", stuck / due, None, due)
+
+    def _still_waiting(self, now: _Snapshot) -> bool:
+        """At least MIN_STUCK canary requests waiting past `stuck_after` at every tick of the last HUNG_PERSIST s
+        (each of those at the window's end has waited `stuck_after` + HUNG_PERSIST at least, or was replaced by
+        another: the hang goes on)."""
+        if HUNG_PERSIST <= 0:
+            return True
+        recent = [s for s in self.snaps if s.t >= now.t - HUNG_PERSIST - TICK_SLACK]
+        if not recent or recent[0].t > now.t - HUNG_PERSIST + TICK_SLACK:
+            return False  # not watched that long yet
+        return all(int(((s.router or {}).get("canary") or {}).get("stuck_now", 0)) >= MIN_STUCK for s in recent)
 
     def describe(self, stats: StageStats) -> str:
         """What happened to the canary's requests during the stage, when something went wrong with them:

@@ -1,172 +1,229 @@
-"""Load in the cluster (`load.runner: kubernetes`): a Locust master and N workers in the namespace.
+"""Load in the cluster (`load.runner: kubernetes`): rollout's own Locust master and N workers in the namespace.
 
-For services reachable only inside the cluster, and for load beyond one
-machine. Per run, `rollout.backends.kubernetes.load_runner` creates a
-ConfigMap with the locustfile, a master Deployment + Service and a worker
-Deployment (templates: rollout/backends/kubernetes/templates/locust-*.yaml, package data), waits until the master
-counts every worker connected, starts the swarm (POST /swarm), reads the
-master's statistics every second (GET /stats/requests) and judges the same
-gates as the local runners; at the end (time, request bound, a failing gate)
-it stops the swarm and deletes every object it created — in a `finally`, so
-also when a call fails, a gate fails, or the run is interrupted (Ctrl-C,
-SIGTERM: the CLI turns both into KeyboardInterrupt). All traffic to the
-master goes through the API server's service proxy
-(`/api/v1/namespaces/{ns}/services/{name}:8089/proxy/...`): nothing is
-exposed, and the CLI needs only API access. The CLI does not probe the
-target itself: it may answer only inside the cluster.
+For services reachable only inside the cluster, and for load beyond one machine. The pods run rollout's
+image (the Dockerfile; entrypoint `rollout`): the master `rollout load-master` (rollout.load.master), the
+workers `rollout load-worker --master <name>-master:5557` — the same recorder plugin as local workers, so
+every request is attributed to the version whose header answered it and the master holds exact
+per-version latency histograms (0.5 % buckets, not Locust's rounded percentiles). The CLI outside the
+cluster reads them once a second through the API server's service proxy
+(`/api/v1/namespaces/{ns}/services/<name>-master:8089/proxy/rollout/stats`): nothing is exposed, the CLI
+needs only API access. So `rollout run` and `rollout advance` judge canary against stable with the same
+gates and sequential statistics as in-process; `rollout gate` judges the versions it sees.
 
-What the gates see, and what they cannot:
-  * all traffic only: Locust's master does not know which version answered a
-    request (there is no per-request hook on the master, and its statistics
-    are per request name, not per response header), so every gate judges all
-    traffic, as `rollout gate` does; gates on `stable` or comparing versions
-    are skipped there. Per-version judging needs the local runners.
-  * Locust's numbers: counts are exact; latency is Locust's aggregated
-    median, p95, p99, min and max (Locust rounds response times to about two
-    significant digits). They are laid into a histogram with those order
-    statistics (`histogram_from_percentiles`), so p50/p95/p99 gates read
-    Locust's values and a p90 gate reads the p95 (conservative: never lower).
-  * freshness: the master's /stats/requests is cached for 2 s, so gates see
-    numbers up to ~2-3 s old; after the stop the final numbers are read once
-    more, after the cache has expired.
+Lifecycle (`ClusterLoad`): the objects (templates: rollout/backends/kubernetes/templates/locust-*.yaml,
+package data) are created at the first stage that needs them, labelled `rollout.dev/load-run=<run>`, and
+kept for the next stages of the same command while the stage's worker count (`stages[].workers`, default
+`load.cluster.workers`) is the same; a different count replaces them. They are ALWAYS deleted when the
+command ends (`close`: success, gate failure, Ctrl-C/SIGTERM, an error), and, for a driver that was killed,
+by the next command on the rollout: the run's label is recorded in the state *before* any object is
+created (`on_create`) and removed after the deletion (`on_delete`); `reap` deletes what a record names,
+by label.
+
+Freshness: a worker ships its deltas once a second, the master merges them as they arrive, the CLI polls
+every 0.5 s and the gates judge once a second: bench/bench_cluster_load.py measured the gates 0.3-0.45 s
+behind the target's own count (median), at most 0.86 s, on a busy 2-core machine. At a stage's end the master stops the users, waits for every worker's last delta, and
+the CLI reads those final numbers.
+
+The CLI does not probe the target itself: it may answer only inside the cluster.
 """
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from rollout.errors import InfraError, LoadError
-from rollout.load.stats import StageStats, VersionStats
-from rollout.stats.histogram import Histogram
+from rollout.errors import InfraError, LoadError, RolloutError
+from rollout.load.stats import StageStats
 
-ROLE = "in-cluster"  # the series name: all traffic the in-cluster load made
 POLL = 0.5
-STATS_CACHE = 2.1  # Locust's web UI memoizes /stats/requests for 2 s
+LABEL = "rollout.dev/load-run"
+STOP_GRACE = 30.0  # after the stage's end or a stop: the master's stop and final flush take ~1-5 s
 
 
-def histogram_from_percentiles(n: int, mean: float | None, points: list[tuple[float, float | None]]) -> Histogram:
-    """n values laid out so that the histogram's nearest-rank quantiles return the given ones.
-
-    `points` are (q, value) with q ascending in [0, 1] (0: min, 1: max); the ranks between
-    two points read the upper one (conservative). Missing values are skipped.
-    """
-    h = Histogram()
-    if n <= 0:
-        return h
-    prev_rank = 0
-    for q, v in points:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            continue
-        rank = 1 if q <= 0 else max(1, math.ceil(q * n - 1e-9))
-        k = rank - prev_rank
-        if k > 0:
-            h.record(float(v), k)
-            prev_rank = rank
-    if prev_rank < n and h.count:
-        h.record(h.max, n - prev_rank)
-    if mean is not None and h.count:
-        h.total = float(mean) * h.count
-    return h
+def settings_for(plan: Any) -> Any:
+    """load.cluster with the defaults, and a kubernetes target's kubeconfig/context/namespace unless it says otherwise."""
+    cluster = plan.load.cluster or type(plan.load).Cluster()
+    if plan.target.backend == "kubernetes":
+        cluster = cluster.model_copy(update={k: getattr(cluster, k) or getattr(plan.target, k) for k in ("kubeconfig", "context", "namespace")})
+    return cluster
 
 
-def aggregate(doc: dict[str, Any]) -> dict[str, Any]:
-    """The master's total row ("Aggregated") of /stats/requests."""
-    rows = doc.get("stats") or []
-    total = next((r for r in rows if r.get("name") == "Aggregated"), rows[-1] if rows else None)
-    return total or {"num_requests": 0, "num_failures": 0}
-
-
-def apply(stats: StageStats, doc: dict[str, Any], elapsed: float, prev: list[int]) -> None:
-    """Set the stage's statistics from one /stats/requests document; add a timeline entry for the change."""
-    row = aggregate(doc)
-    n, f = int(row.get("num_requests") or 0), int(row.get("num_failures") or 0)
-    hist = histogram_from_percentiles(n, row.get("avg_response_time"), [
-        (0.0, row.get("min_response_time")), (0.5, row.get("median_response_time")),
-        (0.95, row.get("response_time_percentile_0.95")), (0.99, row.get("response_time_percentile_0.99")),
-        (1.0, row.get("max_response_time")),
-    ])
-    stats.by_role = {ROLE: VersionStats(n, f, hist)}
-    stats.elapsed = elapsed
-    stats.users = int(doc.get("user_count") or 0)
-    entry: dict[str, Any] = {"t": round(elapsed, 2)}
-    dn, df = n - prev[0], f - prev[1]
-    if dn > 0:
-        cur = doc.get("current_response_time_percentiles") or {}
-        entry[ROLE] = {"requests": dn, "failures": max(df, 0), "p50_ms": cur.get("response_time_percentile_0.5"),
-                       "p95_ms": cur.get("response_time_percentile_0.95"), "p99_ms": None}
-        prev[0], prev[1] = n, f
-    stats.timeline.append(entry)
-
-
-def _wait_ready(cl: Any, workers: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    while True:
-        try:
-            doc = cl.master("GET", "stats/requests", retry=False)
-            ready = int(doc.get("worker_count") or 0)
-            if ready >= workers:
-                return
-            last = f"{ready}/{workers} workers connected"
-        except Exception as exc:  # noqa: BLE001  (the pods are starting: the proxy answers 503 until the master listens)
-            last = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-        if time.monotonic() > deadline:
-            raise InfraError(f"the in-cluster Locust did not come up within {timeout:g}s ({last}; {cl.describe()})",
-                             f"check the pods: kubectl -n {cl.ns} get pods -l rollout.dev/load-run (image, resources, RBAC)")
-        time.sleep(POLL)
-
-
-def run_load_in_cluster(spec: Any, on_tick: Callable[[StageStats], bool], settings: Any, kube: Any = None) -> StageStats:
-    """`run_load`'s contract (a tick a second, bounded by time and requests, on_tick may stop it) with the
-    users in the cluster; every object is deleted afterwards, whatever happened."""
+def _connect(settings: Any, namespace: str | None = None) -> Any:
     from rollout.backends.kubernetes.client import connect
-    from rollout.backends.kubernetes.load_runner import LocustInCluster
 
-    try:
-        text = spec.locustfile.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LoadError(f"locustfile {spec.locustfile} cannot be read: {exc}", "fix load.locustfile in the plan") from None
-    if kube is None:
-        kube = connect(settings.kubeconfig, settings.context, settings.namespace)
-    run = uuid.uuid4().hex[:8]
-    cl = LocustInCluster(kube, f"rollout-load-{run}", run, settings.image, settings.workers, text)
-    stats = StageStats(by_role={ROLE: VersionStats()})
-    prev = [0, 0]
-    try:
+    return connect(settings.get("kubeconfig") if isinstance(settings, dict) else settings.kubeconfig,
+                   settings.get("context") if isinstance(settings, dict) else settings.context,
+                   namespace or (settings.get("namespace") if isinstance(settings, dict) else settings.namespace))
+
+
+class ClusterLoad:
+    """A LoadRunner (`(spec, on_tick) -> StageStats`) with the users in the cluster; `close()` deletes everything.
+
+    `on_create(record)` is called before any object is created (record: run, namespace, kubeconfig, context),
+    `on_delete(run)` after all of its objects were deleted: the engine keeps them in the state (`load_runs`)
+    so the next command can delete what a killed driver left (`reap`)."""
+
+    def __init__(self, settings: Any, kube: Any = None, on_create: Callable[[dict[str, Any]], None] | None = None,
+                 on_delete: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.on_create, self.on_delete = on_create, on_delete
+        self.cl: Any = None  # rollout.backends.kubernetes.load_runner.LocustInCluster of the live run
+        self.workers = 0
+        self.stages = 0
+
+    # -- objects -----------------------------------------------------------------------
+    def _ensure(self, spec: Any, workers: int) -> Any:
+        from rollout.backends.kubernetes.load_runner import LocustInCluster
+
+        if self.cl is not None and self.workers != workers:
+            self.close()
+        if self.cl is not None:
+            return self.cl
+        try:
+            text = spec.locustfile.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise LoadError(f"locustfile {spec.locustfile} cannot be read: {exc}", "fix load.locustfile in the plan") from None
+        if self.kube is None:
+            self.kube = _connect(self.settings)
+        run = uuid.uuid4().hex[:8]
+        cl = LocustInCluster(self.kube, f"rollout-load-{run}", run, self.settings.image, workers, text)
+        if self.on_create is not None:  # before any object exists: a killed driver's next command finds it here
+            self.on_create({"run": run, "namespace": cl.ns, "kubeconfig": self.settings.kubeconfig, "context": self.settings.context,
+                            "workers": workers, "at": time.time()})
+        self.cl, self.workers = cl, workers
         cl.create()
-        _wait_ready(cl, settings.workers, settings.ready_timeout)
-        answer = cl.master("POST", "swarm", {"user_count": spec.users, "spawn_rate": spec.spawn_rate, "host": spec.host})
-        if answer.get("success") is False:
-            raise LoadError(f"the in-cluster Locust master refused to start: {answer.get('message')}", "check the locustfile and load.users")
-        start = time.monotonic()
-        next_tick = start + 1.0
+        self._wait_master(cl)
+        return cl
+
+    def _wait_master(self, cl: Any) -> None:
+        deadline = time.monotonic() + self.settings.ready_timeout
+        last = "no answer yet"
         while True:
-            time.sleep(max(0.0, next_tick - time.monotonic()))
-            next_tick += 1.0
-            elapsed = time.monotonic() - start
-            apply(stats, cl.master("GET", "stats/requests"), elapsed, prev)
-            if elapsed >= spec.duration or (spec.max_requests is not None and stats.requests >= spec.max_requests):
-                break
-            if on_tick(stats):
-                break
-        cl.master("POST", "stop")
-        time.sleep(STATS_CACHE)  # the workers' last reports, and past the master's stats cache
-        apply(stats, cl.master("GET", "stats/requests"), elapsed, prev)
-        stats.elapsed = elapsed
-        stats.users = 0
-    finally:
+            try:
+                cl.master("GET", "rollout/stats", retry=False)
+                return
+            except Exception as exc:  # noqa: BLE001  (the pods are starting: the proxy answers 503 until the master listens)
+                last = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+            if time.monotonic() > deadline:
+                raise InfraError(f"the in-cluster Locust master did not answer within {self.settings.ready_timeout:g}s ({last}; {cl.describe()})",
+                                 f"check the pods: kubectl -n {cl.ns} get pods -l {LABEL}={cl.run} (image, resources, RBAC)")
+            time.sleep(POLL)
+
+    def close(self) -> list[str]:
+        """Delete the live run's objects (never raises; returns the problems, also printed)."""
+        cl, self.cl = self.cl, None
+        if cl is None:
+            return []
         problems = cl.delete()
         if problems:
             print(f"Warning: could not delete every in-cluster load object ({'; '.join(problems)}); "
-                  f"delete them with: kubectl -n {cl.ns} delete deploy,svc,cm -l rollout.dev/load-run={run}", file=sys.stderr)
-    return stats
+                  f"delete them with: kubectl -n {cl.ns} delete deploy,svc,cm -l {LABEL}={cl.run}", file=sys.stderr)
+        elif self.on_delete is not None:
+            self.on_delete(cl.run)
+        return problems
+
+    # -- one stage ---------------------------------------------------------------------
+    def __call__(self, spec: Any, on_tick: Callable[[StageStats], bool]) -> StageStats:
+        from rollout.load.wire import spec_to_json, stats_from_json
+
+        workers = int(getattr(spec, "workers", None) or self.settings.workers)
+        t0 = time.monotonic()
+        try:
+            cl = self._ensure(spec, workers)
+            self.stages += 1
+            stage = f"{cl.run}-{self.stages}"
+            ready = max(5.0, self.settings.ready_timeout - (time.monotonic() - t0))
+            answer = cl.master("POST", "rollout/start", json_body={"stage": stage, "spec": spec_to_json(spec), "workers": workers,
+                                                                   "ready_timeout": ready})
+            if answer.get("phase") not in ("waiting", "running"):
+                raise InfraError(f"the in-cluster Locust master did not start the stage: {answer}", "see the master pod's log")
+            stats = StageStats()
+            interrupt: Callable[[], bool] | None = getattr(on_tick, "interrupt", None)
+            stopping: float | None = None
+            started: float | None = None
+            last_tick = 0.0
+            while True:
+                doc = cl.master("GET", f"rollout/stats?since={len(stats.timeline)}")
+                if doc.get("stage") != stage:
+                    raise InfraError(f"the in-cluster Locust master lost the stage (it reports {doc.get('stage')!r}: restarted?)",
+                                     f"see the master pod's log: kubectl -n {cl.ns} logs deploy/{cl.name}-master")
+                phase = doc.get("phase")
+                if doc.get("stats") is not None:
+                    stats_from_json(doc["stats"], stats)
+                if phase == "failed":
+                    err = doc.get("error") or {}
+                    cls = LoadError if int(err.get("code") or 3) == 3 else InfraError
+                    raise cls(f"in-cluster load: {err.get('what', 'the master failed')}", err.get("fix") or "see the master pod's log")
+                if phase == "done":
+                    return stats
+                now = time.monotonic()
+                if phase == "running":
+                    started = started or now
+                    if stopping is None and now - last_tick >= 1.0:
+                        last_tick = now
+                        if on_tick(stats):
+                            stopping = now
+                            cl.master("POST", "rollout/stop")
+                elif now - t0 > self.settings.ready_timeout + 10:  # the master enforces ready_timeout itself; a bound here too
+                    raise InfraError(f"the in-cluster workers did not join within {self.settings.ready_timeout:g}s ({doc.get('workers', 0)}/{workers})",
+                                     f"check the pods: kubectl -n {cl.ns} get pods -l {LABEL}={cl.run}")
+                if started is not None and now - started > spec.duration + STOP_GRACE and (stopping is None or now - stopping > STOP_GRACE):
+                    raise InfraError(f"the in-cluster Locust master did not end the stage within {spec.duration + STOP_GRACE:g}s",
+                                     "see the master pod's log")
+                # between polls: an operator's request (the engine's mailbox) is looked at every 0.1 s
+                until = time.monotonic() + (0.25 if stopping is not None else POLL)
+                while time.monotonic() < until:
+                    if stopping is None and interrupt is not None and interrupt():
+                        stopping = time.monotonic()
+                        cl.master("POST", "rollout/stop")
+                    time.sleep(0.1)
+        except BaseException:  # a failed gate is a normal return; this is an error or Ctrl-C/SIGTERM: nothing stays
+            self._stop_quietly()
+            self.close()
+            raise
+
+    def _stop_quietly(self) -> None:
+        if self.cl is None:
+            return
+        try:
+            self.cl.master("POST", "rollout/stop", retry=False)
+        except Exception:  # noqa: BLE001  (the objects are deleted next anyway)
+            pass
+
+
+def reap(records: list[dict[str, Any]], settings: Any = None, kube: Any = None) -> list[str]:
+    """Delete every object of the recorded load runs, by label (what a killed driver left behind). Returns the
+    runs whose objects are all gone (the caller removes their records); a failure is printed, not raised."""
+    from rollout.backends.kubernetes.load_runner import delete_by_label
+
+    gone = []
+    for rec in records:
+        run = str(rec.get("run"))
+        try:
+            k = kube if kube is not None else _connect(rec if settings is None else settings, rec.get("namespace"))
+            n = delete_by_label(k, rec.get("namespace") or k.namespace, f"{LABEL}={run}")
+            gone.append(run)
+            if n:
+                print(f"• deleted {n} in-cluster load object(s) a killed command left ({LABEL}={run})", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001  (never holds up the command that cleans up: the record stays for the next)
+            what = exc.what if isinstance(exc, RolloutError) else f"{type(exc).__name__}: {exc}"
+            print(f"Warning: could not delete the in-cluster load objects {LABEL}={run}: {what}; "
+                  f"delete them with: kubectl -n {rec.get('namespace')} delete deploy,svc,cm -l {LABEL}={run}", file=sys.stderr)
+    return gone
 
 
 def cluster_runner(settings: Any) -> Callable[[Any, Callable[[StageStats], bool]], StageStats]:
-    """A LoadRunner (as `rollout.load.distributed.load_runner`) for `load.runner: kubernetes`."""
-    return lambda spec, on_tick: run_load_in_cluster(spec, on_tick, settings)
+    """A LoadRunner for one call (`rollout gate`): the objects are deleted when it returns."""
+
+    def run(spec: Any, on_tick: Callable[[StageStats], bool]) -> StageStats:
+        cl = ClusterLoad(settings)
+        try:
+            return cl(spec, on_tick)
+        finally:
+            cl.close()
+
+    return run

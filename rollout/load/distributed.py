@@ -210,6 +210,7 @@ def run_load_distributed(spec: LoadSpec, on_tick: Callable[[StageStats], bool], 
             worker_plugin.STAGE_MESSAGE, {**sess.stage, "answer": True}, client_id=msg.node_id))
         sess.procs = Joined(external) if external is not None else Workers(spec, workers, sess.port)
     sess.merge = lambda data: merge_delta(recorder.stats, data)  # this stage's statistics
+    sess.stats = recorder.stats  # read live by `rollout load-master` (rollout.load.master)
     sess.stage = worker_plugin.stage_settings(spec)
     procs = sess.procs
     try:

@@ -67,6 +67,7 @@ class LoadSpec:
     endpoint_stats: bool = True  # per-endpoint rows and failure messages (rollout.load.endpoints)
     no_request_timeout: float = NO_REQUEST_SECONDS  # no request at all by then: the load is broken (exit 3)
     # --- end locust-native ---
+    workers: int | None = None  # load.runner: kubernetes: this stage's worker pods (stages[].workers; None: load.cluster.workers)
 
 
 def load_user_classes(path: Path) -> list[type[User]]:

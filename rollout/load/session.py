@@ -227,6 +227,7 @@ class Session:
         self._handler = _ListenerErrors(self._listener_error)
         self.on_listener_error: Callable[[str], None] | None = None
         self.merge: Callable[[dict[str, Any]], None] = lambda data: None  # workers' deltas -> the running stage
+        self.stats: Any = None  # the running stage's StageStats (master side), read by rollout.load.master
         self.closed = False
         self._handlers: dict[str, list[Any]] = {}  # the global events' listeners before this session added any
 

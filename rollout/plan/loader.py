@@ -621,19 +621,13 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
                         f"no stable comparison in stage `{name}`: load_to: canary sends nothing to stable "
                         f"(remove it there with `gates: {{{gname}: null}}`)")
     load = _get(data, "load")
-    if isinstance(load, dict) and load.get("runner") == "kubernetes":
-        # the in-cluster Locust master reports percentiles, not per-request latencies: a sequential
-        # percentile limit would count "requests slower than L" from numbers it does not have
-        all_gates: list[tuple[Loc, Any]] = [(("gates", g), v) for g, v in plan_gates.items()]
+    if not (isinstance(load, dict) and load.get("runner") == "kubernetes"):
+        # stages[].workers: worker pods per stage; local workers (load.workers) live as long as the command
         for i, stage in enumerate(stages if isinstance(stages, list) else []):
-            if isinstance(stage, dict) and isinstance(stage.get("gates"), dict):
-                all_gates += [(("stages", i, "gates", g), v) for g, v in stage["gates"].items()]
-        for loc, gate in all_gates:
-            if (isinstance(gate, dict) and gate.get("metric") in builtin[1:] and gate.get("compare") is None
-                    and gate.get("max") is not None and gate.get("method", "sequential") == "sequential"):
-                add((*loc, "method"), f"a sequential {gate['metric']} limit with load.runner: kubernetes",
-                    "`method: threshold` on latency limits with the in-cluster runner (Locust's master reports "
-                    "percentiles, not the per-request latencies a sequential test counts)")
+            if isinstance(stage, dict) and stage.get("workers") is not None:
+                add(("stages", i, "workers"), f"workers: {stage.get('workers')!r} without load.runner: kubernetes",
+                    "`load.runner: kubernetes` (worker pods per stage), or remove it: local worker processes are "
+                    "load.workers, for every stage")
     return issues
 
 

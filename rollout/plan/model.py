@@ -329,13 +329,14 @@ class Load(Strict):
         namespace: str | None = Field(None, pattern=NAME_RE, description="default: a kubernetes target's, else the context's, else `default`")
         kubeconfig: str | None = Field(None, description="default: a kubernetes target's, else $KUBECONFIG, ~/.kube/config, in-cluster")
         context: str | None = Field(None, description="kubeconfig context (default: a kubernetes target's, else the current one)")
-        workers: int = Field(1, ge=1, le=500, description="Locust worker pods")
-        image: ImageRef = Field("locustio/locust:2.47.0", min_length=1, description="the Locust image of the master and worker pods")
+        workers: int = Field(1, ge=1, le=500, description="Locust worker pods (`rollout load-worker`); a stage's `workers` overrides it")
+        image: ImageRef = Field("registry.example.com/rollout:0.1", min_length=1,
+                                description="rollout's image (built from the Dockerfile) the master and worker pods run")
         ready_timeout: PositiveDuration = Field(180.0, description="how long the master and all workers may take to connect")
 
     runner: Literal["local", "kubernetes"] = Field(
-        "local", description="local: Locust in this process (or `workers` local processes); kubernetes: a Locust master "
-        "and workers in the cluster (load.cluster), read through the API server's service proxy; judges all traffic"
+        "local", description="local: Locust in this process (or `workers` local processes); kubernetes: rollout's Locust master "
+        "and workers in the cluster (load.cluster), their per-version statistics read through the API server's service proxy"
     )
     cluster: Load.Cluster | None = Field(None, description="with runner: kubernetes (defaults apply when omitted)")
 
@@ -523,6 +524,8 @@ class Stage(Strict):
         "(only sequential gates can pass before the end)"
     )
     users: int | None = Field(None, ge=1, le=MAX_USERS, description="overrides load.users")
+    workers: int | None = Field(None, ge=1, le=500, description="load.runner: kubernetes: the worker pods of this stage (overrides "
+                                "load.cluster.workers); the stage's users are spread over them")
     spawn_rate: float | None = Field(None, gt=0, le=MAX_USERS)
     shape: str | None = Field(None, min_length=1, description="a LoadTestShape class of the locustfile for this stage (overrides load.shape; "
                               "`none`: users/spawn_rate even when load.shape is set)")

@@ -137,6 +137,10 @@ def notes(state: State, alive: bool | None = None) -> list[str]:
             f"stage {rec.index + 1} `{rec.name}` was running in pid {rec.pid}, which is gone (killed?); "
             f"traffic is at {state.split.describe()}: `rollout advance` re-runs the stage, `rollout revert` puts all traffic on stable"
         )
+    if state.load_runs and alive is not True:  # in-cluster load pods a killed driver could not delete
+        labels = ", ".join(f"rollout.dev/load-run={r.get('run')} (namespace {r.get('namespace')})" for r in state.load_runs)
+        out.append(f"in-cluster load may still run: {labels}; the next command on this rollout (`rollout revert`, `run`, "
+                   f"`down`, ...) deletes it, or: kubectl delete deploy,svc,cm -l rollout.dev/load-run=<id>")
     return out
 
 
@@ -153,9 +157,25 @@ def _phase_line(state: State, alive: bool | None) -> str:
     return line
 
 
-def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, location: str, alive: bool | None = None) -> str:
+def orphan_lines(plan: Plan, orphans: list[dict[str, Any]] | None) -> list[str]:
+    """Processes of this plan the state does not record, and the command that stops them."""
+    if not orphans:
+        return []
+    n = len(orphans)
+    lines = [f"Orphans:  {n} process{'es carry' if n > 1 else ' carries'} this plan's marker but {'are' if n > 1 else 'is'} not in the state "
+             "(left by a command that was killed, or by a lost state file):"]
+    for o in orphans:
+        lines.append(f"          pid {o['pid']}  {printable(o['role'])}  started {_when(o.get('started_at'))}  {printable(o['command'][:160])}")
+    lines.append(f"          `rollout down {printable(plan.name)}` stops them (with everything else of this plan; a rollout in progress "
+                 "is rolled back first)")
+    return lines
+
+
+def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, location: str, alive: bool | None = None,
+                orphans: list[dict[str, Any]] | None = None) -> str:
     if state is None:
-        return f"Rollout `{plan.name}`: nothing recorded yet ({location}); `rollout run` starts one."
+        return printable("\n".join([f"Rollout `{plan.name}`: nothing recorded yet ({location}); `rollout run` starts one.",
+                                    *orphan_lines(plan, orphans)]), keep_newlines=True)
     if state.driver and alive is None:
         from rollout.engine.driver import local_alive
 
@@ -188,6 +208,7 @@ def status_text(plan: Plan, state: State | None, live: dict[str, Any] | None, lo
             lines.append("Live:     " + "; ".join(bits))
     for note in notes(state, alive):
         lines.append(f"Note:     {pr(note)}")
+    lines += orphan_lines(plan, orphans)
     if state.stages:
         rows = []
         for r in state.stages:
@@ -220,9 +241,11 @@ def _stage_status(status: str, decided_by: dict[str, Any] | None) -> str:
     return f"{status} ({decided_by.get('action', '?')} by {decided_by.get('who', '?')})"
 
 
-def status_dict(state: State | None, live: dict[str, Any] | None, location: str, alive: bool | None = None) -> dict[str, Any]:
+def status_dict(state: State | None, live: dict[str, Any] | None, location: str, alive: bool | None = None,
+                orphans: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`orphans`: the plan's marked processes the state does not record (local backend; null on Kubernetes)."""
     return {"state": to_dict(state) if state else None, "live": live, "notes": notes(state, alive) if state else [], "location": location,
-            "driver_alive": alive}
+            "driver_alive": alive, "orphans": orphans}
 
 
 def outcome_table(state: State, total_stages: int | None = None) -> str:

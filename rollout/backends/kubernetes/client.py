@@ -43,6 +43,7 @@ from typing import Any
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from rollout.errors import BackendError
@@ -54,6 +55,7 @@ DEFAULT_REQUEST_TIMEOUT = 30.0  # read timeout of one request (target.request_ti
 DEFAULT_RETRY_BUDGET = 30.0  # time one call may spend on retries (target.retry_budget)
 REQUEST_TIMEOUT = (CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)  # connect, read (seconds)
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+WATCH_SECONDS = 60  # server-side timeout of one watch request (then it is renewed from where it stopped)
 
 
 @dataclass(frozen=True)
@@ -277,6 +279,91 @@ class Kube:
                            f"retry budget {self.retry.max_total:g}s{gave_up}; last: {last})",
                            "check the cluster's health (a busy cluster: raise target.retry_budget), "
                            "then run the command again (it resumes where it stopped)")
+
+
+class ConfigMapWatch:
+    """Counts the changes of one ConfigMap, from a watch in a background thread: `changes` grows at
+    every ADDED/MODIFIED/DELETED event, so a caller polling it every 0.1 s learns of a write within
+    ~0.1 s for the price of one open connection (a GET every 0.1 s would be ten requests a second).
+
+    Never misses a change: the first watch (no resourceVersion) starts with the object as ADDED
+    (one change counted, so whatever was written before the watch opened is seen too); each renewal
+    resumes from the last resourceVersion; a 410 (history gone) lists afresh, again with an ADDED.
+    Transient failures are retried with backoff; a refusal that retrying cannot fix (401/403/404:
+    e.g. a Role without `watch` on configmaps) ends the thread with `error` set, and `changes`
+    stays still — the caller's slower path (a read at every load tick) still works.
+
+    Thread safety: the thread has its own ApiClient (its own connection pool), so it shares no
+    connection or pool with the calls of the command's main thread; `changes` has one writer.
+    Under gevent (Locust patches threading) the thread is a greenlet and its blocking read yields.
+    `stop()` shuts the watch's socket down (kubernetes' Watch.stop), so the thread ends at once."""
+
+    def __init__(self, kube: Kube, name: str) -> None:
+        self.kube = kube
+        self.name = name
+        self.changes = 0
+        self.events = 0  # every event, bookmarks included (for tests)
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._watch: Any = None
+        self._thread = threading.Thread(target=self._loop, name=f"watch-configmap-{name}", daemon=True)
+
+    def start(self) -> ConfigMapWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        w = self._watch
+        if w is not None:
+            w.stop()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        api = k8s.ApiClient(self.kube.api.configuration)
+        core = k8s.CoreV1Api(api)
+        rv: str | None = None
+        backoff = 0.2
+        try:
+            while not self._stop.is_set():
+                w = self._watch = k8s_watch.Watch()
+                kw: dict[str, Any] = {"field_selector": f"metadata.name={self.name}", "timeout_seconds": WATCH_SECONDS,
+                                      "allow_watch_bookmarks": True, "_request_timeout": (CONNECT_TIMEOUT, WATCH_SECONDS + 15)}
+                if rv is not None:
+                    kw["resource_version"] = rv
+                try:
+                    for event in w.stream(core.list_namespaced_config_map, self.kube.namespace, **kw):
+                        if self._stop.is_set():
+                            break
+                        self.events += 1
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            self.changes += 1
+                        rv = w.resource_version or rv
+                        backoff = 0.2
+                    rv = w.resource_version or rv
+                except ApiException as exc:
+                    if exc.status == 410:  # too old to resume: list afresh (the object comes as ADDED)
+                        rv = None
+                        continue
+                    if exc.status in (401, 403, 404):
+                        self.error = (f"cannot watch configmaps \"{self.name}\" in namespace \"{self.kube.namespace}\": "
+                                      f"{exc.status} {_status_message(exc)}")
+                        return
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                except (urllib3.exceptions.HTTPError, OSError, ValueError):
+                    if self._stop.is_set():
+                        return
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                except Exception as exc:  # noqa: BLE001  (unforeseen: give up watching, the slower path remains)
+                    self.error = f"watching configmaps \"{self.name}\" failed: {type(exc).__name__}: {exc}"
+                    return
+        finally:
+            self._watch = None
+            api.close()
 
 
 def _transport_error(exc: BaseException) -> str:

@@ -42,11 +42,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from rollout.backends.kubernetes.client import CONFIGMAPS, LEASES, Conflict, Kube
-from rollout.engine.state import State, actor, from_dict, to_dict
+from rollout.engine.state import State, StateShapeError, actor, check_shape, check_state_shape, from_dict, to_dict
 from rollout.errors import LockHeld, RolloutError, StateError
 
 DATA_KEY = "state.json"
@@ -61,6 +62,39 @@ RELEASE_SECONDS = 5.0  # releasing is best effort: an unreleased Lease expires b
 
 class LockLost(StateError):
     """This command no longer holds the rollout's Lease: it must not change anything more."""
+
+
+@dataclass(frozen=True)
+class KubeCanaryRecord:
+    version: str
+    deployment: str
+
+
+@dataclass(frozen=True)
+class KubeTemplateRecord:
+    version: str
+    template: dict[str, Any]  # the Deployment's pod template, kept for `revert --to-revision`
+
+
+@dataclass(frozen=True)
+class KubeBackendRecord:
+    """The shape of `state.backend` for the Kubernetes backend (checked when the state is loaded, as the local
+    store checks its own): what rollout.backends.kubernetes.backend writes there, nothing else."""
+
+    canary: KubeCanaryRecord | None = None  # the canary Deployment serving `version`, while it runs
+    total: int | None = None  # replicas router: the pods shared out between stable and canary
+    note: str | None = None  # replicas router: why the weight is coarser than asked
+    templates: list[KubeTemplateRecord] = field(default_factory=list)
+    images: dict[str, dict[str, str]] = field(default_factory=dict)  # version -> container -> image (--image)
+
+
+def parse_state(text: str) -> State:
+    """The state JSON of a ConfigMap, its shape checked before anything reads it: a newer schema first, then every
+    field of the state and of the Kubernetes backend's record. Raises StateShapeError, or ValueError for bad JSON."""
+    data = json.loads(text)
+    check_state_shape(data)
+    check_shape(data.get("backend", {}), KubeBackendRecord, "backend")
+    return from_dict(data)
 
 
 def object_name(plan: str) -> str:
@@ -125,14 +159,25 @@ class ConfigMapStore:
         if cm is None:
             self._rv, self._text = None, None
             return None
-        self._rv, self._text = cm["metadata"]["resourceVersion"], (cm.get("data") or {}).get(DATA_KEY)
+        meta = cm.get("metadata") or {}
+        data = cm.get("data") or {}
+        self._rv, self._text = meta.get("resourceVersion"), data.get(DATA_KEY) if isinstance(data, dict) else None
+        fix = (f"restore it (`kubectl -n {self.kube.namespace} edit configmap {self.name}`), or delete it "
+               f"(`kubectl -n {self.kube.namespace} delete configmap {self.name}`) and run `rollout revert PLAN`: it starts "
+               "from the plan's stable version, puts all traffic on it and scales the canary to 0")
         if self._text is None:
-            return None
+            raise StateError(f"the rollout state {self.location()} has no `{DATA_KEY}` key (its data: "
+                             f"{', '.join(sorted(data)) if isinstance(data, dict) and data else 'none'})", fix)
         try:
-            return from_dict(json.loads(self._text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StateError(f"the rollout state in {self.location()} is unreadable ({type(exc).__name__}: {exc})",
-                             "restore it (`kubectl edit`), or delete the ConfigMap to start from the plan again") from None
+            return parse_state(self._text)
+        except StateShapeError as exc:
+            if exc.field == "schema" and "newer" in exc.message:
+                raise StateError(f"the rollout state in {self.location()} was {exc.message.split(':')[0]}",
+                                 "upgrade rollout to read it (this rollout does not change it)") from None
+            raise StateError(f"the rollout state in {self.location()} is malformed: field `{exc.field or '(the whole state)'}`: "
+                             f"{exc.message}", fix) from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise StateError(f"the rollout state in {self.location()} is unreadable ({type(exc).__name__}: {str(exc)[:200]})", fix) from None
 
     # -- writing ---------------------------------------------------------------
 

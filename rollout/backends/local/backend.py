@@ -92,6 +92,17 @@ class LocalBackend:
             recs.append(ProcRecord.from_dict(router["proc"]))
         return {rec.pid for rec in recs if rec is not None and procs.is_alive(rec)}
 
+    def orphans(self, state: State | None) -> list[dict[str, Any]]:
+        """Processes carrying this plan's marker that the state does not record (left by a crash between a spawn
+        and its checkpoint, or by a lost state file): pid, role (from the marker), command, start time.
+        `rollout down` stops them (backend.down ends with `stop_marked`)."""
+        keep = self._known_pids(state) if state is not None else set()
+        out = []
+        for pid, ticks, marker in procs.unrecorded(self.marker_prefix, keep):
+            out.append({"pid": pid, "role": marker[len(self.marker_prefix):], "command": procs.command_line(pid),
+                        "started_at": procs.started_at(ticks)})
+        return out
+
     def _stop_strays(self, state: State) -> None:
         """Stop this plan's marked processes the state does not name (a command killed between a
         spawn and its checkpoint, or a record lost with a state file)."""

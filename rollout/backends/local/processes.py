@@ -146,16 +146,39 @@ def find_marked(prefix: str) -> list[tuple[int, int, str]]:
     return found
 
 
+def unrecorded(prefix: str, keep: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, int, str]]:
+    """(pid, start ticks, marker) of the processes marked with `prefix` outside the sessions led by the pids in
+    `keep` (a recorded process and the children it started): what `stop_marked` stops, what `status` calls orphans."""
+    return [(pid, ticks, marker) for pid, ticks, marker in find_marked(prefix) if pid not in keep and _session(pid) not in keep]
+
+
 def stop_marked(prefix: str, keep: set[int] | frozenset[int] = frozenset(), timeout: float = 5.0) -> list[int]:
-    """Stop every process marked with `prefix` except those of the sessions led by the pids in `keep`
-    (a recorded process and the children it started); the pids stopped."""
+    """Stop every process marked with `prefix` except those of the sessions led by the pids in `keep`; the pids stopped."""
     stopped = []
-    for pid, ticks, marker in find_marked(prefix):
-        if pid in keep or _session(pid) in keep:
-            continue
+    for pid, ticks, marker in unrecorded(prefix, keep):
         stop(ProcRecord(pid=pid, start_ticks=ticks, port=0, version="?", command="?", log="", marker=marker), timeout)
         stopped.append(pid)
     return stopped
+
+
+def command_line(pid: int) -> str:
+    """The process's command line as one string ("" when gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return shlex.join(part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0")) if raw else ""
+
+
+def started_at(ticks: int) -> float | None:
+    """Wall-clock start time from /proc's start ticks (boot time + ticks / CLK_TCK); None when unknown."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _reap(pid: int) -> None:

@@ -5,6 +5,9 @@ once it accepts connections (use --port 0 for a free port and read it
 there), optionally writes a kubeconfig, and exits 0 after a clean stop.
 Faults and request counts are reachable over HTTP under /_fake/ (see
 handler.Handler._admin) since the Python API is in another process.
+With --run-pods it also runs the Deployments of rollout's (or Locust's) image
+as local processes and serves the service proxy (rollout.testing.kubelet), so
+`load.runner: kubernetes` works against it on one machine.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--require-auth", action="store_true", help="401 for requests without a token")
     p.add_argument("--kubeconfig", default=None, help="write a kubeconfig for this server here")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request to stderr")
+    p.add_argument("--run-pods", action="store_true",
+                   help="run Deployments of rollout's (or Locust's) image as local processes and serve the service proxy "
+                        "(rollout.testing.kubelet: `load.runner: kubernetes` works against this server)")
+    p.add_argument("--pods-dir", default=None, help="with --run-pods: where the pods' files and logs go (default: a temporary directory)")
     args = p.parse_args(argv)
 
     server = FakeApiServer(port=args.port, host=args.host, controller=not args.no_controller,
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                            progress_deadline=args.progress_deadline,
                            implicit_namespaces=not args.strict_namespaces, token=args.token,
                            default_user=args.user, require_auth=args.require_auth,
-                           verbose=args.verbose)
+                           verbose=args.verbose, kubelet=(args.pods_dir or True) if args.run_pods else False)
     done = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:

@@ -304,6 +304,8 @@ class Handler(BaseHTTPRequestHandler):
             code, doc = handle_admin(fake, self.command, path, body)
             self._send_json(code, doc)
             return
+        if fake.kubelet is not None and "/proxy" in path and fake.kubelet.proxy(self, body):  # opt-in (rollout.testing.kubelet)
+            return
         user, has_token = self._user()
         try:
             route = route_request(fake, self.command, path, query, user)

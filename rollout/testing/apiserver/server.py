@@ -67,6 +67,7 @@ class FakeApiServer:
         default_watch_timeout: float = 1800.0,
         kubernetes_version: tuple[int, int] = (1, 33),
         verbose: bool = False,
+        kubelet: bool | str | os.PathLike = False,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -93,6 +94,13 @@ class FakeApiServer:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._kubeconfigs: list[str] = []
+        # opt-in (rollout.testing.kubelet): Deployments of rollout's/Locust's image run as local processes,
+        # and the service proxy reaches them; True: in a temporary directory, a path: there
+        self.kubelet: Any = None
+        if kubelet:
+            from ..kubelet import Kubelet
+
+            self.kubelet = Kubelet(self, None if kubelet is True else kubelet)
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.registry.create(self.types.resolve("namespaces"), None, {"metadata": {"name": ns}})
 
@@ -109,12 +117,16 @@ class FakeApiServer:
         self._thread.start()
         if self._controller_enabled:
             self.controller.start()
+        if self.kubelet is not None:
+            self.kubelet.start()
         return self
 
     def stop(self) -> None:
         """Stop serving: ends watches, closes connections, joins threads."""
         if self._httpd is None:
             return
+        if self.kubelet is not None:
+            self.kubelet.stop()
         self._stopping.set()
         self.store.close()
         self.controller.stop()
