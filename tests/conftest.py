@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,16 @@ def require_tool(binary: str, package: str) -> str:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message + " — under CI it is required")
     pytest.skip(message)
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    """A small HTTP server in this process that answers 200 "ok" to every GET: the load's target where the
+    service behind the entry URL is not what the test is about."""
+    from tests.helpers import AnswerOk
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnswerOk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

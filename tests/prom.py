@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import require_tool
+from tests.helpers import wait_until_up
 
 
 def _free_port() -> int:
@@ -72,16 +73,7 @@ def prometheus(tmp: Path, extra_scrape: list[dict[str, Any]] | None = None, targ
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp / "prometheus.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "prometheus did not become ready in 60 s"
-            time.sleep(0.2)
+        wait_until_up(lambda: httpx.get(f"{url}/-/ready", timeout=1).status_code == 200, proc, tmp / "prometheus.log", "prometheus", 60)
         yield Prometheus(url, targets)
     finally:
         proc.terminate()

@@ -16,6 +16,7 @@ import pytest
 
 from rollout.notify import Notifier, Webhook
 from tests.conftest import require_tool
+from tests.helpers import wait_until_up
 from tests.prom import _free_port
 
 
@@ -30,16 +31,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=(tmp_path / "am.log").open("w"))
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v2/status", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "am.log").read_text()
-            assert time.monotonic() < deadline, "alertmanager did not start in 30 s"
-            time.sleep(0.1)
+        wait_until_up(lambda: httpx.get(f"{url}/api/v2/status", timeout=1).status_code == 200, proc, tmp_path / "am.log", "alertmanager", 30)
         yield url
     finally:
         proc.terminate()

@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.test_router import ENV, free_port, stop, wait_http
+from tests.test_router import ENV, faulty_canaries
 
-FAULTY = Path(__file__).resolve().parent / "faulty_service.py"
 PLAIN = "from locust import FastHttpUser, between, task\n\nclass U(FastHttpUser):\n    wait_time = between(0.02, 0.05)\n\n" \
         "    @task\n    def ask(self):\n        self.client.get('/api/answer?q=x')\n"
 
@@ -43,20 +42,7 @@ print(json.dumps({"roles": {r: [v.requests, v.failures] for r, v in stats.by_rol
 
 @pytest.fixture(scope="module")
 def canaries() -> Any:
-    started: list[subprocess.Popen[bytes]] = []
-    ports: dict[str, int] = {}
-    try:
-        for mode in ("noheader", "garbage", "unlabelled"):
-            port = free_port()
-            started.append(subprocess.Popen([sys.executable, str(FAULTY), "--port", str(port), "--version", "v2", "--fault", mode, "--latency", "0"],
-                                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-            ports[mode] = port
-        for proc, port in zip(started, ports.values()):
-            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        yield ports
-    finally:
-        for proc in started:
-            stop(proc)
+    yield from faulty_canaries(("noheader", "garbage", "unlabelled"), version="v2")
 
 
 def load(tmp_path: Path, port: int, only_role: str | None = None, metrics: dict[str, str] | None = None) -> dict[str, Any]:

@@ -14,17 +14,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import write_plan
-from test_k8s_backend import IMAGE, NS, ROOT, QuietReporter, StubLoadEngine, image_of, main_rule, make_backend, plan_data
+from test_k8s_backend import IMAGE, NS, ROOT, QuietReporter, StubLoadEngine, fake, image_of, kube, main_rule, make_backend, plan_data  # noqa: F401  (fixtures)
 from test_k8s_cli import _cli
 
 from rollout.backends.kubernetes.client import Kube, RetryPolicy, StepTimeout, connect, retry_after_seconds
@@ -37,42 +34,6 @@ from rollout.plan.loader import load_plan
 from rollout.testing.apiserver import FakeApiServer
 
 V1, V2 = IMAGE.format("1.0"), IMAGE.format("2.0")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeApiServer]:
-    with FakeApiServer(controller_delay=0) as server:
-        for f in ("app.yaml", "httproute.yaml", "ingress-nginx.yaml"):
-            for doc in yaml.safe_load_all((ROOT / "manifests" / f).read_text()):
-                server.create(doc)
-        yield server
-
-
-@pytest.fixture
-def kube(fake: FakeApiServer) -> Iterator[Kube]:
-    k = connect(kubeconfig=fake.write_kubeconfig(namespace=NS), retry=RetryPolicy(tries=4, base=0.01, max_total=0.5))
-    yield k
-    k.api.close()
-
-
-class _Answer(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def cli_plan(tmp_path: Path, entry: str, duration: str, **target: Any) -> Path:

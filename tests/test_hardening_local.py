@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.test_local_e2e import Rollout, make_plan, service, versions_through_router
+from tests.test_router import raw
 
 PLAN_NAME = "e2e"  # make_plan's
 
@@ -123,12 +123,14 @@ def killed_run(ro: Rollout, point: str, *args: str) -> subprocess.CompletedProce
                           env={**os.environ, **ro.env, "ROLLOUT_TEST_KILL_AT": point}, capture_output=True, text=True, timeout=180)
 
 
-def entry_port(ro: Rollout) -> int:
-    return int(ro.status()["state"]["backend"]["router"]["port"])
-
-
 def state_file(ro: Rollout) -> Path:
     return Path(ro.env["ROLLOUT_STATE_DIR"]) / PLAN_NAME / "state.json"
+
+
+def entry_port(ro: Rollout) -> int:
+    """The router's entry port as the state records it, read from the file (called after a command has ended):
+    the same number `rollout status -o json` prints, without starting one more CLI process per check."""
+    return int(json.loads(state_file(ro).read_text())["backend"]["router"]["port"])
 
 
 ONE_STAGE = [{"name": "a", "weight": 20, "duration": "1s"}]
@@ -298,15 +300,10 @@ def test_state_files_are_owner_only(env: Env) -> None:
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
+    """test_router's `raw` (send, read until the server closes), and how long the answer took."""
     t0 = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out, time.monotonic() - t0
-            out += chunk
+    out = raw(port, data, timeout)
+    return out, time.monotonic() - t0
 
 
 def test_admin_api_needs_the_token_and_refuses_browsers(env: Env) -> None:
@@ -358,6 +355,10 @@ def test_bare_lf_requests_get_400_at_once(env: Env) -> None:
 
 
 SWEEP_STAGES = [{"name": "a", "weight": 20, "duration": "2s"}, {"name": "b", "weight": 50, "duration": "2s"}]
+# the kills at named points do not depend on how long a stage lasts (no point is per tick): the promotion plan's
+# stages last 1 s there, so each case past a stage start waits half as long; the timed kills inside a stage keep
+# the 2 s stages (their spread delays need the room), and so does the rollback plan (its gate needs 10 requests)
+SWEEP_STAGES_SHORT = [{**s, "duration": "1s"} for s in SWEEP_STAGES]
 SWEEP_GATES = {"errors": {"metric": "error_rate", "max": "5%", "min_requests": 10}}
 # deterministic outcomes on a busy machine: the promotion plan has no gates (passed on completion),
 # the rollback plan's canary fails every request
@@ -379,8 +380,9 @@ def test_sigkill_sweep(env: Env, tmp_path: Path) -> None:
     """The driver SIGKILLed at every named point of a promotion and of a rollback, and at spread
     instants inside stages; after each: status tells a half-done rollout (naming the dead driver
     where the state records it), revert puts all traffic on stable, down leaves no process."""
-    plans = {"v2": env.rollout(SWEEP_STAGES, root="trace-v2", gates={}),
+    plans = {"v2": env.rollout(SWEEP_STAGES_SHORT, root="trace-v2", gates={}),
              "v3": env.rollout(SWEEP_STAGES, root="trace-v3", gates=SWEEP_GATES, versions=SWEEP_VERSIONS)}
+    timed_plans = {"v2": env.rollout(SWEEP_STAGES, root="timed-v2", gates={}), "v3": plans["v3"]}  # same points, 2 s stages
     promote_points = _trace(plans["v2"], "v2", tmp_path)
     rollback_points = _trace(plans["v3"], "v3", tmp_path)
     assert "promote-swapped#1" in promote_points and "rollback-routed#1" in rollback_points, (promote_points, rollback_points)
@@ -397,7 +399,7 @@ def test_sigkill_sweep(env: Env, tmp_path: Path) -> None:
 
     def one(i: int, version: str, point: str, delay: float | None) -> Counter[str]:
         got: Counter[str] = Counter()
-        ro = Rollout(plans[version].plan, tmp_path / f"sweep-{i}")
+        ro = Rollout((plans if delay is None else timed_plans)[version].plan, tmp_path / f"sweep-{i}")
         root = tmp_path / f"sweep-{i}"
         env.roots.append(root)
         if delay is None:

@@ -4,27 +4,17 @@ and --image validation — the CLI run in this process (commands that run no loa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import write_plan
-from test_k8s_backend import IMAGE, NS, ROOT, main_rule, plan_data
+from test_k8s_backend import IMAGE, NS, ROOT, fake, main_rule, plan_data  # noqa: F401  (fixture)
 
 from rollout.backends.kubernetes.store import micro_time
 from rollout.testing.apiserver import FakeApiServer
 from rollout.testing.apiserver.faults import WRITE_VERBS
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeApiServer]:
-    with FakeApiServer(controller_delay=0) as server:
-        for f in ("app.yaml", "httproute.yaml", "ingress-nginx.yaml"):
-            for doc in yaml.safe_load_all((ROOT / "manifests" / f).read_text()):
-                server.create(doc)
-        yield server
 
 
 def _cli(*args: str) -> tuple[int, str, str]:

@@ -8,92 +8,28 @@ server in this process (the plan's entry_url is a 127.0.0.1 URL). Waits poll wit
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from conftest import run_cli, write_plan
-from test_k8s_backend import NS, ROOT, plan_data
+from test_k8s_backend import NS, plan_data
 
-PATHS = {"Deployment": "/apis/apps/v1/namespaces/{ns}/deployments", "Service": "/api/v1/namespaces/{ns}/services",
-         "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes",
-         "Ingress": "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"}
-
-
-class Standalone:
-    """The fake in its own process, driven over HTTP only."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.kubeconfig = str(tmp / "kubeconfig")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rollout.testing.apiserver", "--port", "0", "--controller-delay", "0",
-                                      "--kubeconfig", self.kubeconfig], stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # printed once it accepts connections
-        assert "listening on" in line, line
-        self.url = line.split()[-1]
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        req = urllib.request.Request(self.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": "Bearer fake-token"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"null")
-
-    def create(self, obj: dict[str, Any]) -> None:
-        self.call("POST", PATHS[obj["kind"]].format(ns=obj["metadata"]["namespace"]), obj)
-
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        return self.call("GET", PATHS[kind].format(ns=NS) + "/" + name)  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+from tests.helpers import StandaloneFake
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[Standalone]:
-    fake = Standalone(tmp_path)
+def api(tmp_path: Path) -> Iterator[StandaloneFake]:
+    fake = StandaloneFake(tmp_path)
     try:
-        for f in ("app.yaml", "httproute.yaml"):
-            for doc in yaml.safe_load_all((ROOT / "manifests" / f).read_text()):
-                fake.create(doc)
         yield fake
     finally:
         fake.stop()
-
-
-class _Answer(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def plan_for(tmp_path: Path, router: str, entry: str, duration: str) -> Path:
@@ -105,16 +41,11 @@ def plan_for(tmp_path: Path, router: str, entry: str, duration: str) -> Path:
     return write_plan(tmp_path, data)
 
 
-def env_for(api: Standalone, actor: str) -> dict[str, str]:
+def env_for(api: StandaloneFake, actor: str) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "KUBECONFIG": api.kubeconfig, "ROLLOUT_ACTOR": actor}
 
 
-def state_of(api: Standalone) -> dict[str, Any]:
-    cm = api.call("GET", f"/api/v1/namespaces/{NS}/configmaps/rollout-answer")
-    return json.loads(cm["data"]["state.json"])  # type: ignore[no-any-return]
-
-
-def test_two_advances_at_once_exactly_one_acts(tmp_path: Path, api: Standalone, site: str) -> None:
+def test_two_advances_at_once_exactly_one_acts(tmp_path: Path, api: StandaloneFake, site: str) -> None:
     plan = plan_for(tmp_path, "gateway-api", site, "4s")  # the winner holds the Lease for longer than the other takes to start
     procs = {who: subprocess.Popen([sys.executable, "-m", "rollout", "advance", str(plan), "--version", "v2", "-n", NS],
                                    env=env_for(api, who), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -128,14 +59,14 @@ def test_two_advances_at_once_exactly_one_acts(tmp_path: Path, api: Standalone, 
     assert err.startswith("Error: another command is acting on this rollout: `rollout advance` by "
                           f"{winner} pid {procs[winner].pid}"), err
     assert "Lease shop/rollout-answer, since" in err and "--force" in err and "Traceback" not in err
-    state = state_of(api)
+    state = api.state()
     assert state["rollout_number"] == 1 and state["phase"] == "promoted" and state["stable_version"] == "v2"
     assert [h["who"] for h in state["history"] if h["action"] == "start"] == [winner]
     lease = api.call("GET", f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/rollout-answer")
     assert not lease["spec"].get("holderIdentity")  # released
 
 
-def test_sigkill_between_two_writes_then_status_tells_the_truth_and_revert_repairs(tmp_path: Path, api: Standalone, site: str) -> None:
+def test_sigkill_between_two_writes_then_status_tells_the_truth_and_revert_repairs(tmp_path: Path, api: StandaloneFake, site: str) -> None:
     plan = plan_for(tmp_path, "replicas", site, "2s")
     # the replicas router reaches 10% in two writes: canary 0 -> 1 pod, then stable 4 -> 3; hold the second one
     api.call("POST", "/_fake/faults", {"action": "delay", "delay": 120, "verb": "patch", "resource": "deployments", "name": "answer", "times": 1})
@@ -153,13 +84,13 @@ def test_sigkill_between_two_writes_then_status_tells_the_truth_and_revert_repai
     proc.communicate(timeout=30)
     api.call("DELETE", "/_fake/faults")
 
-    state = state_of(api)
+    state = api.state()
     assert state["transition"]["action"] == "shift" and state["transition"]["pid"] == proc.pid
     env = {"KUBECONFIG": api.kubeconfig, "ROLLOUT_ACTOR": "oncall"}
     # first (the dead process's Lease lives 15 s after its last renewal): the lock names the dead holder
     held = run_cli("revert", str(plan), "-n", NS, env=env, timeout=60)
     assert held.returncode == 3 and f"by ci-runner pid {proc.pid}" in held.stderr and "--force" in held.stderr
-    assert state_of(api)["transition"]["pid"] == proc.pid  # refused before touching anything
+    assert api.state()["transition"]["pid"] == proc.pid  # refused before touching anything
     status = run_cli("status", str(plan), "-n", NS, env=env, timeout=60)
     assert status.returncode == 0, status.stderr
     out = status.stdout
@@ -174,6 +105,6 @@ def test_sigkill_between_two_writes_then_status_tells_the_truth_and_revert_repai
     stable, canary = api.get("Deployment", "answer"), api.get("Deployment", "answer-canary")
     assert (stable["spec"]["replicas"], stable["status"]["availableReplicas"]) == (4, 4)
     assert (canary["spec"]["replicas"], canary["status"].get("availableReplicas", 0)) == (0, 0)  # all traffic on stable
-    state = state_of(api)
+    state = api.state()
     assert state["transition"] is None and state["phase"] == "rolled-back" and state["split"]["weight"] == 0.0
     assert state["backend"]["canary"] is None and "runner died" in state["reason"]

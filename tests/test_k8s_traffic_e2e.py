@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from tests.conftest import stop_all
+from tests.helpers import StandaloneFake
 import yaml
 
 from rollout.testing.gateway import ClusterGateway
@@ -35,57 +35,12 @@ NS = "shop"
 IMAGE = "registry.example.com/answer:{}"
 IMAGES = {v: IMAGE.format(f"{v[1]}.0") for v in ("v1", "v2", "v3")}
 FILTER = "ResponseHeaderModifier"
-PATHS = {"Deployment": "/apis/apps/v1/namespaces/{ns}/deployments", "Service": "/api/v1/namespaces/{ns}/services",
-         "HTTPRoute": "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes"}
 
 
 # -- the pieces: a standalone fake, service processes, the gateway ------------------------------------------
 
 
-class Fake:
-    """`python -m rollout.testing.apiserver` in its own process, controller delay 0, seeded from manifests/."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.kubeconfig = str(tmp / "kubeconfig")
-        self.proc = subprocess.Popen([sys.executable, "-m", "rollout.testing.apiserver", "--port", "0", "--controller-delay", "0",
-                                      "--kubeconfig", self.kubeconfig], stdout=subprocess.PIPE, text=True)
-        try:
-            assert self.proc.stdout is not None
-            line = self.proc.stdout.readline()
-            assert "listening on" in line, line
-            self.url = line.split()[-1]
-            for f in ("app.yaml", "httproute.yaml"):
-                for doc in yaml.safe_load_all((ROOT / "manifests" / f).read_text()):
-                    self.call("POST", PATHS[doc["kind"]].format(ns=NS), doc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        req = urllib.request.Request(self.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": "Bearer fake-token"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"null")
-
-    def route(self) -> dict[str, Any]:
-        return self.call("GET", PATHS["HTTPRoute"].format(ns=NS) + "/answer")  # type: ignore[no-any-return]
-
-    def deployment(self, name: str) -> dict[str, Any]:
-        return self.call("GET", PATHS["Deployment"].format(ns=NS) + "/" + name)  # type: ignore[no-any-return]
-
-    def state(self) -> dict[str, Any]:
-        cm = self.call("GET", f"/api/v1/namespaces/{NS}/configmaps/rollout-answer")
-        return json.loads(cm["data"]["state.json"])  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+Fake = StandaloneFake  # the name test_k8s_requests_e2e imports
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from rollout.backends.local import router_client
 from rollout.gates.liveness import CanaryLiveness, CanaryProbe
 from rollout.gates.verdict import Status
 from rollout.load.stats import StageStats
-from tests.test_router import ENV, cfg, free_port, start_router, stop, wait_http  # noqa: F401
+from tests.test_router import ENV, cfg, faulty_canaries, free_port, start_router, stop, wait_http  # noqa: F401
 
 FAULTY = Path(__file__).resolve().parent / "faulty_service.py"
 
@@ -171,21 +171,7 @@ def test_exit_description_of_a_child_killed_by_sigkill() -> None:
 @pytest.fixture(scope="module")
 def faulty_services() -> Any:
     """One faulty canary per mode; yields {mode: port}."""
-    started: list[subprocess.Popen[bytes]] = []
-    ports: dict[str, int] = {}
-    try:
-        for mode in ("hang", "reset", "raw", "unlabelled"):
-            port = free_port()
-            proc = subprocess.Popen([sys.executable, str(FAULTY), "--port", str(port), "--version", mode, "--fault", mode, "--latency", "0"],
-                                    env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            started.append(proc)
-            ports[mode] = port
-        for proc, port in zip(started, ports.values()):
-            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        yield ports
-    finally:
-        for proc in started:
-            stop(proc)
+    yield from faulty_canaries(("hang", "reset", "raw", "unlabelled"))
 
 
 def test_the_router_counts_every_request_for_its_version_answered_or_not(start_router: Any, faulty_services: dict[str, int]) -> None:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -139,6 +140,33 @@ def wait_http(url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError(f"{url} did not answer within {START_TIMEOUT}s")
 
 
+FAULTY = Path(__file__).resolve().parent / "faulty_service.py"
+
+
+def serving(names: tuple[str, ...], command: Callable[[str, int], list[str]]) -> Iterator[dict[str, int]]:
+    """Start `command(name, port)` once per name on a free port, wait until each answers /healthz,
+    yield {name: port}; stop them all whatever happens."""
+    started: list[subprocess.Popen[bytes]] = []
+    ports: dict[str, int] = {}
+    try:
+        for name in names:
+            port = free_port()
+            started.append(subprocess.Popen(command(name, port), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            ports[name] = port
+        for proc, port in zip(started, ports.values()):
+            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        yield ports
+    finally:
+        for proc in started:
+            stop(proc)
+
+
+def faulty_canaries(modes: tuple[str, ...], version: str | None = None) -> Iterator[dict[str, int]]:
+    """tests/faulty_service.py once per fault mode (reporting `version`, or the mode itself as its version): {mode: port}."""
+    yield from serving(modes, lambda mode, port: [sys.executable, str(FAULTY), "--port", str(port), "--version", version or mode,
+                                                  "--fault", mode, "--latency", "0"])
+
+
 def raw(port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send raw bytes, read until the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -185,21 +213,8 @@ class RouterProc:
 @pytest.fixture(scope="module")
 def services():
     """The sample service as v1 and v2, no latency, no errors."""
-    procs = []
-    try:
-        ports = {}
-        for version in ("v1", "v2"):
-            port = free_port()
-            cmd = [sys.executable, str(SERVICE), "--port", str(port), "--version", version]
-            cmd += ["--latency", "0ms", "--error-rate", "0%", "--seed", "1"]
-            procs.append(subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-            ports[version] = port
-        for proc, port in zip(procs, ports.values()):
-            wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        yield ports
-    finally:
-        for proc in procs:
-            stop(proc)
+    yield from serving(("v1", "v2"), lambda version, port: [sys.executable, str(SERVICE), "--port", str(port), "--version", version,
+                                                              "--latency", "0ms", "--error-rate", "0%", "--seed", "1"])
 
 
 @pytest.fixture(scope="module")
