@@ -568,15 +568,8 @@ def cross_checks(data: dict[str, Any], file: str, base: Path, lines: dict[Loc, i
                 add(("stages", i, "name"), repr(stage.get("name")), "`target.entry_url` or `load.host` (where users' traffic enters)")
 
     locustfile = _get(data, "load", "locustfile")
-    if isinstance(locustfile, str) and locustfile:
-        lf = Path(locustfile)
-        lf_path = lf if lf.is_absolute() else base / lf
-        try:
-            exists = lf_path.is_file()
-        except (OSError, ValueError):  # a name too long, a NUL: no such file either
-            exists = False
-        if not exists:
-            add(("load", "locustfile"), repr(locustfile), f"an existing locustfile (looked at {printable(str(lf_path))[:300]})")
+    if isinstance(locustfile, str) and locustfile and (why := _locustfile_issue(locustfile, base)):
+        add(("load", "locustfile"), repr(locustfile), why)
 
     plan_gates = _get(data, "gates")
     plan_gates = plan_gates if isinstance(plan_gates, dict) else {}
