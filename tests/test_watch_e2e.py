@@ -259,10 +259,10 @@ def test_a_blind_watch_alerts_and_never_reverts_and_a_killed_watch_goes_on(env: 
         traffic.close()
 
 
-def _run_with_traffic(e: Env) -> tuple[subprocess.CompletedProcess[str], Traffic | None, dict[str, int]]:
+def _run_with_traffic(e: Env, *extra: str) -> tuple[subprocess.CompletedProcess[str], Traffic | None, dict[str, int]]:
     """`rollout run --version v2` in the background, users' traffic through the router once it exists;
     returns the run, the traffic, and the pids of both versions seen while the bake ran."""
-    proc = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(e.plan), "--version", "v2"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "rollout", "run", str(e.plan), "--version", "v2", *extra], cwd=ROOT,
                             env={**os.environ, **e.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     traffic = None
     pids: dict[str, int] = {}
@@ -293,9 +293,12 @@ def _run_with_traffic(e: Env) -> tuple[subprocess.CompletedProcess[str], Traffic
 
 def test_a_clean_bake_promotes_and_releases_the_previous_version(env: Any) -> None:
     e = env("revert", bake="8s")
-    r, traffic, pids = _run_with_traffic(e)
+    report = e.plan.parent / "clean-bake.json"
+    r, traffic, pids = _run_with_traffic(e, "--json", str(report))
     assert r.returncode == 0, r.stdout
     assert "bake of v2 clean" in r.stdout, r.stdout
+    baked = json.loads(report.read_text())["bake"]
+    assert baked["result"] == "clean" and "bake of v2 clean" in baked["message"] and "evidence" not in baked, baked
     assert set(pids) == {"stable", "canary"}, "during the bake the previous version is kept running"
     st = e.state_doc()
     assert st["stable_version"] == "v2" and st["phase"] == "promoted"

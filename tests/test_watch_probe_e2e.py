@@ -180,9 +180,16 @@ def test_a_bake_judged_by_the_probe_rolls_back_a_less_confident_version_with_its
     e.plan.write_text(yaml.safe_dump(plan, sort_keys=False))
     e.degrade("v2", confidence=0.6)  # every answer 200 OK: the stage's error gate passes, the bake's content gate does not
     started = time.monotonic()
-    r = e.cli("run", "--version", "v2", timeout=120)
+    report_json, report_md = e.plan.parent / "bake-report.json", e.plan.parent / "bake-report.md"
+    r = e.cli("run", "--version", "v2", "--json", str(report_json), "--markdown", str(report_md), timeout=120)
     took = time.monotonic() - started
     assert r.returncode == 1, r.stdout + r.stderr
+    # the reports carry the bake's ending and its evidence, redacted
+    baked = json.loads(report_json.read_text())["bake"]
+    assert baked["result"] == "breached" and "answers with confidence < 0.7:" in baked["message"], baked
+    assert 1 <= len(baked["evidence"]["answers"]) <= 5 and "offending answers" in baked["evidence"]["summary"], baked
+    md = report_md.read_text()
+    assert "### Bake" in md and "**breached**" in md and "api_key=***" in md and API_KEY not in md and TOKEN not in md, md
     said = r.stdout + r.stderr  # events go to stderr, the outcome to stdout
     assert "probe: 2 user(s) of probe.py" in said and "bake evidence:" in said and TOKEN not in said, said
     st = e.state_doc()

@@ -216,7 +216,34 @@ def rollout_report(command: str, loaded: Any, state: Any, captured: list[dict[st
         "duration_s": round(ended - started, 3),
         "stages": stages,
         "decisions": _decisions(state),
+        "bake": _bake(state),
     })
+
+
+BAKE_ACTIONS = ("bake-started", "bake-clean", "bake-evidence")
+
+
+def _bake(state: Any) -> dict[str, Any] | None:
+    """The bake after the last stage, from the audit trail: how it ended and, when a content gate breached,
+    the worst answers it kept (already redacted when kept) — the evidence for whoever reviews the report."""
+    since = state.started_at or 0.0
+    events = [h for h in state.history if h.action in BAKE_ACTIONS and h.at >= since]
+    if not events:
+        return None
+    clean = next((h for h in events if h.action == "bake-clean"), None)
+    kept = next((h for h in events if h.action == "bake-evidence"), None)
+    reason = state.reason or ""
+    if clean is not None:
+        result, message = "clean", clean.detail
+    elif reason.startswith("bake:"):
+        result, message = "breached", reason
+    else:
+        result, message = "in-progress", events[-1].detail
+    out: dict[str, Any] = {"result": result, "message": message, "started_at": events[0].at}
+    if kept is not None:
+        head, _, rest = kept.detail.partition(" answers: ")
+        out["evidence"] = {"summary": head + (" answers" if rest else ""), "answers": rest.split(" | ") if rest else []}
+    return out
 
 
 def _decisions(state: Any) -> list[dict[str, Any]]:

@@ -63,6 +63,14 @@ def render(report: dict[str, Any]) -> str:
                              f"{_v('p', d.get('p95_ms'))} | {_v('p', d.get('p99_ms'))} |")
         lines += _endpoint_lines(s.get("endpoints"))
         lines.append("")
+    bake = report.get("bake")
+    if bake:
+        lines += ["### Bake", "", f"**{bake['result']}**: {_cell(bake['message'])}", ""]
+        evidence = bake.get("evidence") or {}
+        if evidence.get("answers"):
+            lines += [f"{_cell(evidence.get('summary') or 'the worst answers')}:", ""]
+            lines += [f"- `{_cell(a)}`" for a in evidence["answers"]]
+            lines.append("")
     decisions = report.get("decisions") or []
     if decisions:
         lines += ["### Decisions by people", "", "| when | who | decided | reason | detail |", "|---|---|---|---|---|"]
