@@ -400,6 +400,14 @@ def _drive(plan: str, version: str | None, state_dir: str | None, verb: str, one
         raise UsageError("--expect-workers with load.runner: kubernetes: the master runs in the cluster there",
                          "leave out --expect-workers (worker pods: stages[].workers, load.cluster.workers), or remove load.runner")
     _check_locustfile(loaded, tags, exclude_tags)  # bad locustfile, shape, tag or option: exit 2 before any traffic moves
+    if not in_cluster and (external is not None or workers):  # the plan itself was checked when loaded
+        from rollout.errors import UsageError
+        from rollout.plan.model import answer_metrics_refusal
+
+        flag = f"--expect-workers {external[0]}" if external is not None else f"--workers {workers}"
+        why = answer_metrics_refusal(loaded.plan.load.metrics, flag)
+        if why:
+            raise UsageError(why.split("; use ")[0], f"leave out {flag} (load in this process), or use a `prometheus` metric source")
 
     def body() -> int:
         engine = make_engine()

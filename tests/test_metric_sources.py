@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 
 from tests.test_local_e2e import SERVICE, rollout_env  # noqa: F401  (fixture)
 
@@ -118,3 +119,27 @@ def test_prometheus_gate_reads_a_query_per_version(rollout_env: Any, prometheus:
     assert fail["gate"] == "server-errors" and "canary server_errors last 0.2 > 0.05" in fail["message"]
     assert 'sum(rate(errors_total{version="v2"}[1m]))' in prometheus.queries
     assert 'sum(rate(errors_total{version="v1"}[1m]))' in prometheus.queries
+
+
+def test_answer_metrics_with_locust_workers_are_refused_before_any_traffic_moves(rollout_env: Any) -> None:  # noqa: F811
+    """Workers do not carry json/header/custom values to the master: a gate on them would see nothing and send a
+    low-confidence canary to review. Refused at validation (plan) and at the command (--workers), exit 2."""
+    ro = rollout_env(
+        [{"name": "half", "weight": 50, "duration": "5s"}],
+        gates={"low-confidence": {"metric": "confidence", "stat": "share_below", "below": 0.6, "max": "5%", "min_requests": 50}},
+        versions={"v1": conf_service("v1", 0.9), "v2": conf_service("v2", 0.45)},
+        metrics={"confidence": {"json": "confidence"}},
+    )
+    r = ro("run", "--version", "v2", "--workers", "2")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "confidence" in r.stderr and "--workers 2" in r.stderr and "in-process" in r.stderr, r.stderr
+    assert ro.status()["state"] is None  # nothing started, nothing recorded
+
+    valid = ro.plan.read_text()
+    doc = yaml.safe_load(valid)
+    doc["load"]["workers"] = 2
+    ro.plan.write_text(yaml.safe_dump(doc, sort_keys=False))
+    v = ro("validate")
+    ro.plan.write_text(valid)  # the fixture's clean-up reads the plan
+    assert v.returncode == 2 and "plan.yaml:" in v.stderr and "load:" in v.stderr, v.stdout + v.stderr
+    assert "confidence" in v.stderr and "workers: 2" in v.stderr, v.stdout + v.stderr

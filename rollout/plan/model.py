@@ -347,7 +347,25 @@ class Load(Strict):
         if self.runner == "kubernetes" and (self.shape or self.tags or self.exclude_tags or self.options):
             raise ValueError("no `shape`, `tags`, `exclude_tags` or `options` with `runner: kubernetes` yet (the in-cluster "
                              "Locust is started without them); use the local runner (`workers` for more load)")
+        if self.workers or self.runner == "kubernetes":
+            why = answer_metrics_refusal(self.metrics, "`runner: kubernetes`" if self.runner == "kubernetes" else f"`workers: {self.workers}`")
+            if why:
+                raise ValueError(why)
         return self
+
+
+def answer_metrics_refusal(metrics: dict[str, MetricSource], where: str) -> str | None:
+    """Why load that runs in Locust workers (`where`) cannot serve these metric sources; None when it can.
+
+    json/header/custom values are read from each answer in the process that sent it, and Locust workers do not
+    send them to the master yet: a gate on them would see no value at all and go to review, where a canary with
+    low-confidence answers must fail. Prometheus sources are read by the CLI and work with any load."""
+    in_answers = sorted(n for n, m in metrics.items() if m.json_field or m.header or m.custom)
+    if not in_answers:
+        return None
+    return (f"no metric read from the answers ({', '.join(in_answers)}: json, header or custom) with {where}: only "
+            "in-process load records them (Locust workers do not send them to the master yet); use `workers: 0` with "
+            "the local runner, or a `prometheus` metric source")
 
 
 class Gate(Strict):
