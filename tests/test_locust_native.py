@@ -115,11 +115,17 @@ def assert_same_as_plain(recs: list[dict[str, Any]], plain: list[dict[str, Any]]
     a, b = users_by_second(mine), users_by_second(theirs)
     common = [s for s in b if s in a and s <= 5]
     assert len(common) >= 5, (a, b)
+    # a sample may fall mid-transition (some users of a step stopped, others not yet): each count lies within what
+    # plain Locust had over the neighbouring ticks, so load ignoring the shape (flat users) still fails
     for s in common:
-        assert a[s] in {b.get(s - 1), b[s], b.get(s + 1)}, (s, a, b)
+        near = [b[t] for t in (s - 1, s, s + 1) if t in b]
+        assert min(near) <= a[s] <= max(near), (s, a, b)
     ca, cb = classes_by_second(mine), classes_by_second(theirs)
     for s in common:  # the per-tick user classes: Readers only in the first step, then all three
-        assert ca[s] in [cb.get(s - 1), cb[s], cb.get(s + 1)], (s, ca, cb)
+        near_classes = [cb[t] for t in (s - 1, s, s + 1) if t in cb]
+        for cls in set(ca[s]).union(*near_classes):
+            counts = [c.get(cls, 0) for c in near_classes]
+            assert min(counts) <= ca[s].get(cls, 0) <= max(counts), (s, cls, ca, cb)
     assert set(ca[1]) == {"Reader"} and {"Reader", "Fast"} <= set(ca[3]), ca  # the second step adds the other classes
     # the same task selection: only tasks tagged `read`, from the classes the shape picked
     names, plain_names = requests_by_name(recs), requests_by_name(plain)
@@ -149,7 +155,8 @@ def test_weights_and_fixed_count_give_the_same_users_per_class(service: str, tmp
     assert g.returncode == 0, g.stdout + g.stderr
     theirs, mine = classes_by_second(records(ref)), classes_by_second(records(out))
     assert theirs[2] == {"Reader": 3, "Fast": 1, "Admin": 1}, theirs
-    assert mine[2] == theirs[2] and mine[3] == theirs[3], (mine, theirs)
+    # all 5 spawn at once (rate 50): the same classes once running, at second 2 or 3 (a starved machine may spawn late)
+    assert theirs[2] in (mine.get(2), mine.get(3)) and theirs[2] in (mine.get(3), mine.get(4)), (mine, theirs)
     names = requests_by_name(records(out))
     assert {"read", "write", "fast-read", "fast-write", "admin"} == set(names) == set(requests_by_name(records(ref)))  # no tags: every task
 
